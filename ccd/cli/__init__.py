@@ -1,0 +1,44 @@
+"""The `ccd` command line.
+
+Each area of the library owns one module here with a `register(subparsers)` function that adds
+its commands; `main` wires them together and turns `CcdError` into one line on stderr and a
+non-zero exit. Commands that report take `--json` and then print exactly one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ccd.cli import lake
+from ccd.errors import CcdError
+
+COMMAND_MODULES = [lake]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ccd", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except CcdError as exc:
+        print(f"ccd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ccd {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,123 @@
+"""One typed configuration for the whole pipeline.
+
+`RunConfig` has one frozen dataclass section per stage. It loads from a JSON or TOML file plus
+`section.key=value` overrides; an unknown key or a value of the wrong type is an error, so a
+typo never silently falls back to a default. Every checkpoint and registry entry stores the
+`RunConfig.to_dict()` it was made with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ccd.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class LakeConfig:
+    """Ingest and validation policy."""
+
+    split_seed: int = 0
+    # CCD protocol: per user 10% test and 10% valid (at least one each), the rest train.
+    test_fraction: float = 0.1
+    valid_fraction: float = 0.1
+    # A user needs this many interactions in a block before valid/test are carved out;
+    # below it everything goes to train (one train item at least must remain).
+    min_user_interactions_for_split: int = 3
+    # Duplicate (user, item) pairs inside a block: drop them and report, or reject the block.
+    duplicate_policy: Literal["drop", "reject"] = "drop"
+    # Timestamps older than the previous block's newest: warn, or reject the block.
+    stale_timestamp_policy: Literal["warn", "reject"] = "warn"
+    # Warn when a block's row count is outside [1/ratio, ratio] x the mean of earlier blocks.
+    row_count_warn_ratio: float = 10.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """All settings of a run, one section per stage."""
+
+    lake: LakeConfig = field(default_factory=LakeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        return _build(cls, values, "")
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> "RunConfig":
+        """Read `path` (JSON or TOML; none means defaults) and apply `section.key=value` overrides."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            values = _read_file(Path(path))
+        for item in overrides or []:
+            _apply_override(values, item)
+        return cls.from_dict(values)
+
+    def replace(self, **sections: Any) -> "RunConfig":
+        return dataclasses.replace(self, **sections)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BadInputError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"config {path} is not valid {path.suffix[1:] or 'JSON'}: {exc}") from None
+
+
+def _apply_override(values: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or "." not in key:
+        raise BadInputError(f"override {item!r} must look like section.key=value")
+    section, name = key.split(".", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw  # a bare word is a string
+    values.setdefault(section, {})[name] = value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise BadInputError(f"config section {where or 'root'} must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise BadInputError(f"unknown config key(s) {', '.join(where + k for k in unknown)}")
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where + ".")
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise BadInputError(f"config {where} must be one of {typing.get_args(hint)}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise BadInputError(f"config {where} must be a list, got {value!r}")
+        args = typing.get_args(hint)
+        item_hint = args[0] if args else Any
+        return origin(_coerce(item_hint, v, where) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        raise BadInputError(f"config {where} must be {hint.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,85 @@
+"""The one home folder that holds all state: lake, catalog, models, registry, reports.
+
+Resolution order: an explicit `--home DIR`, else the `CCD_HOME` environment variable, else
+`./.ccd`. Nothing in the project writes outside it, so a home folder can be copied, backed up or
+deleted as a unit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccd.errors import BadInputError
+
+DEFAULT_HOME = ".ccd"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """Return `name` if it is safe as a single path component, else raise.
+
+    Model names, method names and the like become folder names; this keeps a user-given value
+    from escaping the home folder (`..`, `/`, control characters).
+    """
+    if not _SAFE_NAME.match(name) or name in {".", ".."}:
+        raise BadInputError(f"invalid {what} {name!r}: use letters, digits, '.', '_' or '-' only")
+    return name
+
+
+@dataclass(frozen=True)
+class Home:
+    """Paths of everything under one home folder."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike | None = None) -> "Home":
+        """Pick the home folder: argument, then `CCD_HOME`, then `./.ccd`; create it."""
+        chosen = home if home is not None else os.environ.get("CCD_HOME") or DEFAULT_HOME
+        root = Path(chosen).expanduser().resolve()
+        if root.exists() and not root.is_dir():
+            raise BadInputError(f"home {root} exists and is not a folder")
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    @property
+    def lake(self) -> Path:
+        """Parquet interaction partitions: `lake/interactions/block=K/part-<hash>.parquet`."""
+        return self.root / "lake"
+
+    @property
+    def interactions(self) -> Path:
+        return self.lake / "interactions"
+
+    @property
+    def catalog_path(self) -> Path:
+        """The DuckDB catalog: blocks, id maps, validation results, stage records."""
+        return self.root / "catalog.duckdb"
+
+    @property
+    def quarantine(self) -> Path:
+        """Rejected input blocks with their validation reports."""
+        return self.root / "quarantine"
+
+    @property
+    def reports(self) -> Path:
+        """Human-readable reports: validation summaries, dashboards, plots."""
+        return self.root / "reports"
+
+    @property
+    def models(self) -> Path:
+        """Model artifacts, one folder per block and model name."""
+        return self.root / "models"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    def block_dir(self, block: int) -> Path:
+        return self.interactions / f"block={int(block)}"
+
+    def model_dir(self, block: int, name: str) -> Path:
+        return self.models / f"block={int(block)}" / safe_name(name, "model name")
