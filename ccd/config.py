@@ -39,10 +39,51 @@ class LakeConfig:
 
 
 @dataclass(frozen=True)
+class SampleConfig:
+    """The synthetic sample stream of `ccd make-sample` (`ccd.lake.synthetic`).
+
+    Defaults give about 2,000 users, 3,000 items and 75k interactions in 6 blocks, block 0
+    about half: small enough for the whole pipeline on 2 CPU cores, shaped like Gowalla.
+    """
+
+    seed: int = 0
+    n_blocks: int = 6
+    n_users: int = 2000
+    n_items: int = 3000
+    # Shares of users / items that exist in block 0; the rest arrive evenly in later blocks.
+    base_user_share: float = 0.55
+    base_item_share: float = 0.7
+    # Share of the users seen so far who come back in each later block (the rest are idle).
+    returning_share: float = 0.3
+    # Mean interactions per active user: block 0 spans a year, later blocks a month each.
+    base_mean_interactions: float = 32.0
+    block_mean_interactions: float = 11.0
+    # Every active user gets at least this many, so per-user train/valid/test splits work.
+    min_interactions: int = 5
+    # Latent tastes: items sit near one of n_topics directions in R^dim.
+    n_topics: int = 16
+    dim: int = 16
+    # Popularity ∝ rank^-zipf_exponent; choice logit = popularity_weight·log pop + taste·item / T.
+    # These values make tastes dominate, so a personalised model clearly beats popularity.
+    zipf_exponent: float = 1.0
+    popularity_weight: float = 0.5
+    temperature: float = 0.12
+    # Per-block step of each user's taste random walk (taste vectors have unit norm).
+    drift: float = 0.35
+    # Extra log-popularity of items in the block they arrive in, so new items get picked.
+    new_item_boost: float = 1.5
+    # Block 0 starts 2020-01-01 UTC and spans base_days; each later block spans block_days.
+    start: int = 1_577_836_800
+    base_days: int = 365
+    block_days: int = 30
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """All settings of a run, one section per stage."""
 
     lake: LakeConfig = field(default_factory=LakeConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
