@@ -1,0 +1,178 @@
+"""Full-ranking evaluation (CCD protocol), the continual summary LA / RA / H, and DE-RRD's
+leave-one-out protocol.
+
+Every metric is written against one callable, `score_fn(users) -> scores`, so models, the
+teacher ensemble and the student are evaluated by the same code. Scores are produced one chunk
+of users at a time, so memory stays bounded by `batch_users x n_items` whatever the data size.
+
+Exclusion follows the protocol *without* the authors' bug B14: every item the user has in any
+training data seen so far is removed from the ranking, not only the evaluated block's own.
+
+Example
+-------
+>>> metrics = rank_metrics(model.score, block.test, block.seen_train, block.n_items)
+>>> metrics["recall@20"], metrics["users"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # users LongTensor (B,) -> scores (B, n_items)
+
+
+@dataclass(frozen=True)
+class UserItemCSR:
+    """(user, item) pairs grouped by user, built once, queried per chunk without Python loops.
+
+    Attributes
+    ----------
+    indptr : torch.Tensor, shape (n_users + 1,), int64
+        Row `u` holds `items[indptr[u]:indptr[u + 1]]`.
+    items : torch.Tensor, shape (N,), int64
+    """
+
+    indptr: torch.Tensor
+    items: torch.Tensor
+
+    @classmethod
+    def from_pairs(cls, pairs: np.ndarray, n_users: int, device: torch.device | str | None = None) -> "UserItemCSR":
+        """Group `pairs` (N, 2) of (user, item) by user; users must lie in `[0, n_users)`."""
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        order = np.argsort(pairs[:, 0], kind="stable")
+        counts = np.bincount(pairs[:, 0], minlength=n_users)
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        return cls(torch.as_tensor(indptr, device=device), torch.as_tensor(pairs[order, 1], device=device))
+
+    def to(self, device: torch.device | str) -> "UserItemCSR":
+        return UserItemCSR(self.indptr.to(device), self.items.to(device))
+
+    def gather(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coordinates of all pairs of `users` (B,) as (row positions in `users`, items).
+
+        Both outputs have shape (M,), M = total pairs of these users; users past the end of the
+        index have no pairs.
+        """
+        users = users.to(self.indptr.device)
+        inside = users < len(self.indptr) - 1
+        safe = torch.where(inside, users, torch.zeros_like(users))
+        starts = self.indptr[safe]
+        counts = torch.where(inside, self.indptr[safe + 1] - starts, torch.zeros_like(starts))
+        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
+        # Position of each pair inside its own row: a global arange minus the row's first slot.
+        first = torch.cumsum(counts, 0) - counts
+        within = torch.arange(len(rows), device=users.device) - first[rows]
+        return rows, self.items[starts[rows] + within]
+
+
+def _pair_codes(pairs: np.ndarray, n_items: int) -> np.ndarray:
+    return pairs[:, 0] * np.int64(n_items) + pairs[:, 1]
+
+
+def drop_seen_truth(truth: np.ndarray, exclude: np.ndarray, n_items: int) -> np.ndarray:
+    """Remove from `truth` (T, 2) every (user, item) pair that is also in `exclude` (E, 2).
+
+    Why: an excluded item can never be ranked, so keeping it in the truth would count a
+    guaranteed miss. A user whose truth becomes empty is then simply not evaluated. Repeated
+    truth pairs are counted once.
+    """
+    truth = np.unique(np.asarray(truth, dtype=np.int64).reshape(-1, 2), axis=0)
+    exclude = np.asarray(exclude, dtype=np.int64).reshape(-1, 2)
+    if len(exclude) == 0:
+        return truth
+    return truth[~np.isin(_pair_codes(truth, n_items), _pair_codes(exclude, n_items))]
+
+
+def _discounts(k: int, device: torch.device) -> torch.Tensor:
+    """1 / log2(position + 2) for 0-based positions 0..k-1, shape (k,)."""
+    return 1.0 / torch.log2(torch.arange(k, device=device, dtype=torch.float64) + 2.0)
+
+
+@torch.no_grad()
+def rank_metrics(
+    score_fn: ScoreFn,
+    truth: np.ndarray,
+    exclude: np.ndarray,
+    n_items: int,
+    ks: Sequence[int] = (10, 20, 50),
+    batch_users: int = 1024,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Recall@K and NDCG@K by full ranking over all items, averaged over evaluated users.
+
+    Every user with at least one truth pair is ranked against all `n_items` items, in chunks of
+    `batch_users` (at most one `(batch_users, n_items)` score matrix exists at a time). The
+    `exclude` pairs (all training data seen so far, every earlier block included, unlike the
+    authors' bug B14) get score -inf before the top-K. Truth pairs that are also excluded are
+    dropped first (`drop_seen_truth`); a user with no truth left is skipped.
+
+    Recall@K = hits / |truth_u| and NDCG@K = DCG / IDCG with binary gains, DCG = sum over hits
+    at 0-based position p of 1 / log2(p + 2) and IDCG over the first min(|truth_u|, K) positions.
+
+    Parameters
+    ----------
+    score_fn : callable
+        `users` LongTensor (B,) -> scores (B, n_items), any device.
+    truth : np.ndarray, shape (T, 2), int
+        (user, item) pairs to find, e.g. a block's test split.
+    exclude : np.ndarray, shape (E, 2), int
+        (user, item) pairs never to recommend.
+    n_items : int
+        Number of items scored (the width of `score_fn`'s output).
+    ks : sequence of int
+        Cut-offs; K larger than `n_items` is clamped to `n_items`.
+    batch_users : int
+        Users per chunk.
+    device : torch device, optional
+        Where the user ids are created (default: CPU); scores stay on `score_fn`'s device.
+
+    Returns
+    -------
+    dict
+        `{"recall@K": ..., "ndcg@K": ... for each K, "users": number of users evaluated}`;
+        every metric is 0.0 when no user is evaluated.
+    """
+    if batch_users < 1:
+        raise ValueError(f"batch_users must be >= 1, got {batch_users}")
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive cut-offs, got {ks}")
+    truth = drop_seen_truth(truth, exclude, n_items)
+    users = np.unique(truth[:, 0])
+    names = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
+    if len(users) == 0:
+        return {**{name: 0.0 for name in names}, "users": 0}
+    n_users = int(max(users.max(), np.asarray(exclude).reshape(-1, 2)[:, 0].max(initial=-1))) + 1
+    seen = UserItemCSR.from_pairs(exclude, n_users)
+    wanted = UserItemCSR.from_pairs(truth, n_users)
+    k_max = min(max(ks), n_items)
+    discounts = None
+    per_user: dict[str, list[torch.Tensor]] = {name: [] for name in names}  # (B,) per chunk
+    for start in range(0, len(users), batch_users):
+        chunk = torch.as_tensor(users[start : start + batch_users], device=device)
+        scores = score_fn(chunk).clone()  # (B, n_items); cloned because -inf is written into it
+        dev = scores.device
+        if discounts is None:  # first chunk: move the indexes to where the scores live
+            seen, wanted = seen.to(dev), wanted.to(dev)
+            discounts = _discounts(k_max, dev)
+            ideal = torch.cumsum(discounts, 0)  # ideal[j] = IDCG with j + 1 relevant items
+        rows, items = seen.gather(chunk)
+        scores[rows, items] = float("-inf")
+        top = torch.topk(scores, k_max, dim=1).indices  # (B, k_max)
+        rows, items = wanted.gather(chunk)
+        is_truth = torch.zeros(scores.shape, dtype=torch.bool, device=dev)
+        is_truth[rows, items] = True
+        hits = torch.gather(is_truth, 1, top).double()  # (B, k_max)
+        n_truth = torch.bincount(rows, minlength=len(chunk)).double()  # (B,)
+        for k in ks:
+            kk = min(k, k_max)
+            per_user[f"recall@{k}"].append((hits[:, :kk].sum(1) / n_truth).cpu())
+            dcg = (hits[:, :kk] * discounts[:kk]).sum(1)
+            idcg = ideal[(n_truth.clamp(max=kk) - 1).long()]
+            per_user[f"ndcg@{k}"].append((dcg / idcg).cpu())
+    # One sum over all users at the end, so the result does not depend on the chunking.
+    means = {name: float(torch.cat(parts).mean()) for name, parts in per_user.items()}
+    return {**means, "users": int(len(users))}
