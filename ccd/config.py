@@ -79,11 +79,24 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """The registry's promotion gate (`ccd.registry.propose`)."""
+
+    # The metric compared with production: CCD's H-mean of LA and RA over blocks (Recall@20),
+    # which rewards learning the new block without forgetting the old ones. Higher is better.
+    metric: str = "h_recall@20"
+    # Largest absolute drop below production's metric that still promotes: about the
+    # run-to-run noise of Recall@20 on the sample, so noise alone never blocks a refresh.
+    tolerance: float = 0.005
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """All settings of a run, one section per stage."""
 
     lake: LakeConfig = field(default_factory=LakeConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    registry: GateConfig = field(default_factory=GateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
