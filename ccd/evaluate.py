@@ -176,3 +176,167 @@ def rank_metrics(
     # One sum over all users at the end, so the result does not depend on the chunking.
     means = {name: float(torch.cat(parts).mean()) for name, parts in per_user.items()}
     return {**means, "users": int(len(users))}
+
+
+def continual_summary(
+    matrix: Mapping[tuple[int, int], float], upto: int | None = None, with_base_block: bool = True
+) -> dict[str, float]:
+    """LA, RA and their harmonic mean H from a (trained block, test block) -> metric matrix.
+
+    Let T be the latest trained block (`upto`, default the largest in `matrix`) and B the
+    evaluated blocks 0..T (1..T when `with_base_block` is False, for summaries that leave the
+    base block D0 out, the `with_base_block` switch of the CCD author's later code).
+
+    - LA (learning average, plasticity) = mean over k in B of metric(trained on k, test of k):
+      how well each block was learned right after training on it.
+    - RA (retained average, stability) = mean over j in B, j < T, of metric(trained on T,
+      test of j): how much of every earlier block the current model still knows.
+    - H = 2·LA·RA / (LA + RA), and 0 when both are 0.
+
+    Parameters
+    ----------
+    matrix : mapping (trained_block, test_block) -> float
+        E.g. Recall@20 of the model after block t on block j's test split. Entries with
+        trained_block > T are ignored.
+    upto : int, optional
+        The block whose model is "current".
+    with_base_block : bool
+        Whether block 0 counts in LA and RA.
+
+    Raises
+    ------
+    ValueError
+        If an entry needed is missing, or no earlier block exists for RA (e.g. T = 0).
+    """
+    last = max(t for t, _ in matrix) if upto is None else upto
+    first = 0 if with_base_block else 1
+    if last <= first:
+        raise ValueError(f"RA needs a block before the current one: current {last}, first counted {first}")
+    needed = [(k, k) for k in range(first, last + 1)] + [(last, j) for j in range(first, last)]
+    missing = [key for key in needed if key not in matrix]
+    if missing:
+        raise ValueError(f"continual_summary: matrix has no entry for (trained, test) {missing}")
+    la = float(np.mean([matrix[(k, k)] for k in range(first, last + 1)]))
+    ra = float(np.mean([matrix[(last, j)] for j in range(first, last)]))
+    h = 0.0 if la + ra == 0 else 2 * la * ra / (la + ra)
+    return {"LA": la, "RA": ra, "H": h}
+
+
+def continual_summaries(
+    results: Mapping[tuple[int, int], Mapping[str, float]],
+    metrics: Sequence[str] = ("recall@20", "ndcg@20"),
+    upto: int | None = None,
+    with_base_block: bool = True,
+) -> dict[str, dict[str, float]]:
+    """`continual_summary` for each metric of a (trained, test) -> `rank_metrics` result map."""
+    return {
+        name: continual_summary({key: r[name] for key, r in results.items()}, upto, with_base_block)
+        for name in metrics
+    }
+
+
+@torch.no_grad()
+def loo_metrics(
+    score_fn: ScoreFn,
+    heldout: np.ndarray,
+    candidates: np.ndarray,
+    ks: Sequence[int] = (5, 10, 20),
+    batch_users: int = 1024,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Hit@K and NDCG@K of DE-RRD's leave-one-out protocol (sampled ranking).
+
+    Each user's held-out item is ranked among itself and that user's sampled candidates. Its
+    1-based rank is 1 + the number of candidates scoring *strictly* higher, so ties are resolved
+    in the held-out item's favour (a constant model scores Hit@1 = 1; use continuous scores).
+    Hit@K = [rank <= K], NDCG@K = [rank <= K] / log2(rank + 1); both averaged over users.
+
+    Parameters
+    ----------
+    score_fn : callable
+        `users` LongTensor (B,) -> scores (B, n_items).
+    heldout : np.ndarray, shape (U, 2), int
+        One (user, item) pair per row.
+    candidates : np.ndarray, shape (U, C), int
+        Row r holds the items ranked against `heldout[r]` (C = 499 in the paper).
+    ks : sequence of int
+        Cut-offs.
+
+    Returns
+    -------
+    dict
+        `{"hit@K": ..., "ndcg@K": ... for each K, "users": U}`.
+    """
+    heldout = np.asarray(heldout, dtype=np.int64).reshape(-1, 2)
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if candidates.ndim != 2 or len(candidates) != len(heldout):
+        raise ValueError(f"candidates must have shape (U, C) with U = {len(heldout)}, got {candidates.shape}")
+    ranks = []
+    for start in range(0, len(heldout), batch_users):
+        rows = slice(start, start + batch_users)
+        users = torch.as_tensor(heldout[rows, 0], device=device)
+        scores = score_fn(users)  # (B, n_items)
+        dev = scores.device
+        pos = scores.gather(1, torch.as_tensor(heldout[rows, 1:2], device=dev))  # (B, 1)
+        neg = scores.gather(1, torch.as_tensor(candidates[rows], device=dev))  # (B, C)
+        ranks.append((1 + (neg > pos).sum(1)).cpu())
+    rank = torch.cat(ranks).double() if ranks else torch.zeros(0, dtype=torch.float64)
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = (rank <= k).double()
+        out[f"hit@{k}"] = float(hit.mean()) if len(rank) else 0.0
+        out[f"ndcg@{k}"] = float((hit / torch.log2(rank + 1)).mean()) if len(rank) else 0.0
+    return {**out, "users": int(len(rank))}
+
+
+def sample_loo_candidates(
+    n_items: int,
+    users: np.ndarray,
+    heldout_items: np.ndarray,
+    positives: np.ndarray,
+    n: int = 499,
+    seed: int = 0,
+) -> np.ndarray:
+    """Draw, for each user, `n` distinct items the user never interacted with, uniformly.
+
+    Vectorised rejection sampling: draw all slots at once, then redraw only the slots that hit a
+    positive pair or repeat an earlier slot of the same row, until none is left. Fixed by `seed`.
+
+    Parameters
+    ----------
+    n_items : int
+        Items are drawn from `[0, n_items)`.
+    users : np.ndarray, shape (U,), int
+        One row of candidates per entry (the held-out pairs' users).
+    heldout_items : np.ndarray, shape (U,), int
+        The held-out item of each row; never drawn, even if absent from `positives`.
+    positives : np.ndarray, shape (P, 2), int
+        Every (user, item) pair the users interacted with (train, valid and test).
+    n : int
+        Candidates per user.
+    seed : int
+
+    Returns
+    -------
+    np.ndarray, shape (U, n), int64
+    """
+    users = np.asarray(users, dtype=np.int64)
+    heldout_items = np.asarray(heldout_items, dtype=np.int64)
+    known = np.concatenate([np.asarray(positives, dtype=np.int64).reshape(-1, 2), np.stack([users, heldout_items], 1)])
+    codes = np.unique(_pair_codes(known, n_items))
+    per_user = np.bincount(codes // n_items, minlength=int(users.max(initial=-1)) + 1)[users]
+    if len(users) and (n_items - per_user).min() < n:
+        raise ValueError(f"a user has fewer than n={n} items they never interacted with")
+    rng = np.random.default_rng(seed)
+    out = rng.integers(0, n_items, size=(len(users), n), dtype=np.int64)
+    while True:
+        bad = np.isin(users[:, None] * np.int64(n_items) + out, codes)
+        # A repeat inside a row: after a stable sort, equal to its left neighbour.
+        order = np.argsort(out, axis=1, kind="stable")
+        ordered = np.take_along_axis(out, order, 1)
+        repeat = np.zeros(out.shape, dtype=bool)
+        np.put_along_axis(repeat, order[:, 1:], ordered[:, 1:] == ordered[:, :-1], 1)
+        redo = bad | repeat
+        if not redo.any():
+            return out
+        out[redo] = rng.integers(0, n_items, size=int(redo.sum()), dtype=np.int64)
