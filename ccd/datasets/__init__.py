@@ -1,0 +1,1 @@
+"""Static benchmark datasets read straight from Parquet (not streamed through the lake)."""
