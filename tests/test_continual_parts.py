@@ -12,6 +12,7 @@ from ccd.continual.lwckd import contrastive_kd_loss, csr_from_pairs, positives_i
 from ccd.continual.proxies import blend_state, blend_table
 from ccd.continual.replay import ReplaySet, merge_replay, sample_replay
 from ccd.continual.schedules import replay_weight
+from ccd.evaluate import UserItemCSR
 
 
 def test_blend_table_blends_old_rows_and_copies_new_ones():
@@ -46,15 +47,16 @@ def test_replay_draws_only_from_proxy_top_and_never_excluded_items():
     torch.manual_seed(0)
     proxy_table = torch.randn(20, 50)
     reference_table = torch.randn(20, 50)
-    exclude = {u: np.array([int(proxy_table[u].argmax())]) for u in range(20)}
+    best = proxy_table.argmax(dim=1).numpy()
+    exclude = UserItemCSR.from_pairs(np.stack([np.arange(20), best], axis=1), n_users=20)
     replay = sample_replay(_table_scores(reference_table), _table_scores(proxy_table), np.arange(20), exclude,
                            n_per_user=3, top=6, seed=1)
     assert len(replay) == 60
     for u, i, y in zip(replay.users, replay.items, replay.labels):
         row = proxy_table[u].clone()
-        row[exclude[u]] = -np.inf
+        row[best[u]] = -np.inf
         assert i in set(row.topk(6).indices.tolist())
-        assert i not in exclude[u]
+        assert i != best[u]
         assert math.isclose(y, torch.sigmoid(proxy_table[u, i]).item(), rel_tol=1e-5)
     # no duplicate items per user
     assert len({(u, i) for u, i in zip(replay.users, replay.items)}) == 60

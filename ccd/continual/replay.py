@@ -12,13 +12,12 @@ labelled sigma(proxy score). Ranks under the reference come from a sorted copy o
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+from ccd.evaluate import ScoreFn, UserItemCSR
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ def sample_replay(
     reference: ScoreFn,
     proxy: ScoreFn,
     users: np.ndarray,
-    exclude: dict[int, np.ndarray] | None,
+    exclude: UserItemCSR | None,
     n_per_user: int,
     top: int,
     eps: float = 1e-4,
@@ -55,7 +54,7 @@ def sample_replay(
     ----------
     reference, proxy : score functions, users (B,) -> (B, n_items)
     users : (U,) int64, the old users to replay for
-    exclude : dict user -> item array
+    exclude : UserItemCSR or None
         Items removed from the proxy's ranking before sampling (the user's recent training items:
         they are learned from data directly, so rehearsing them adds nothing).
     n_per_user : items per user; 0 gives an empty set (the authors' code crashes there, B13)
@@ -76,9 +75,9 @@ def sample_replay(
 @torch.no_grad()
 def _sample_chunk(reference, proxy, users, exclude, n_per_user, top, eps, generator):
     proxy_scores = proxy(users).float()                                  # (B, n_items)
-    if exclude:
-        rows, cols = _exclusion_index(users.cpu().numpy(), exclude)
-        proxy_scores[torch.as_tensor(rows), torch.as_tensor(cols)] = float("-inf")
+    if exclude is not None:
+        rows, cols = exclude.gather(users)
+        proxy_scores[rows.to(proxy_scores.device), cols.to(proxy_scores.device)] = float("-inf")
     top_scores, top_items = proxy_scores.topk(top, dim=1)               # (B, top), rank_proxy = column
     ref_scores = reference(users).float()                                # (B, n_items)
     ref_sorted = ref_scores.sort(dim=1).values                           # ascending
@@ -111,10 +110,3 @@ def merge_replay(sets: list[ReplaySet]) -> ReplaySet:
     users, items, labels = users[order], items[order], labels[order]
     first = np.r_[True, (np.diff(users) != 0) | (np.diff(items) != 0)]
     return ReplaySet(users[first], items[first], labels[first])
-
-
-def _exclusion_index(users: np.ndarray, exclude: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lists = [exclude.get(int(u), np.zeros(0, np.int64)) for u in users]
-    rows = np.repeat(np.arange(len(users)), [len(x) for x in lists])
-    cols = np.concatenate(lists) if lists else np.zeros(0, np.int64)
-    return rows, cols.astype(np.int64)
