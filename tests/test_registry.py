@@ -1,0 +1,314 @@
+"""The model registry: versions, idempotent registration, the promotion gate, rollback, integrity,
+concurrent promotions and the `ccd registry` CLI."""
+
+import json
+import math
+import multiprocessing
+import random
+
+import pytest
+
+from ccd import registry
+from ccd.config import GateConfig, RunConfig
+from ccd.errors import BadInputError
+from ccd.home import Home
+from ccd.registry import ArtifactIntegrityError, RegistryError
+
+METRIC = "h_recall@20"
+
+
+@pytest.fixture
+def home(tmp_path):
+    return Home.resolve(tmp_path / "home")
+
+
+def artifact(home, name, content=b"weights"):
+    """A one-file model folder under the home's models folder; returns its path."""
+    folder = home.models / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.safetensors").write_bytes(content)
+    return folder
+
+
+def add(home, score, content=None, block=0, name="student", **kwargs):
+    path = artifact(home, f"{name}-{block}-{score}", content or f"{name}{block}{score}".encode())
+    kwargs.setdefault("n_params", 1000)
+    return registry.register(home, name, path, block, "ccd", {METRIC: score, "recall@20": score}, **kwargs)
+
+
+def test_register_list_and_get(home):
+    config = RunConfig()
+    first = add(home, 0.30, lineage={"teacher_version": 2, "blocks": [0]}, config=config)
+    second = add(home, 0.31, block=1)
+    teacher = add(home, 0.40, name="teacher")
+
+    assert (first.version, second.version, teacher.version) == (1, 2, 1)
+    assert first.artifact == "models/student-0-0.3"
+    assert first.status == "registered" and first.aliases == ()
+    assert first.lineage == {"teacher_version": 2, "blocks": [0]}
+    assert RunConfig.from_dict(first.config) == config
+    assert first.sha256 == registry.sha256_artifact(first.path(home))
+    assert [(v.name, v.version) for v in registry.list_versions(home)] == [("student", 1), ("student", 2), ("teacher", 1)]
+    assert [v.version for v in registry.list_versions(home, "student")] == [1, 2]
+    assert registry.get(home, "student", 2) == second
+    assert registry.get(home, "student", "2") == second
+    with pytest.raises(RegistryError, match="no alias 'production'"):
+        registry.get(home, "student")
+    with pytest.raises(RegistryError, match="no version 7"):
+        registry.get(home, "student", 7)
+
+
+def test_register_is_idempotent_per_artifact_block_and_method(home):
+    path = artifact(home, "m", b"same bytes")
+    first = registry.register(home, "student", path, 0, "ccd", {METRIC: 0.3}, 10)
+    again = registry.register(home, "student", path, 0, "ccd", {METRIC: 0.9}, 10)
+    assert again == first and again.metrics[METRIC] == 0.3
+    assert registry.register(home, "student", path, 1, "ccd", {METRIC: 0.3}, 10).version == 2
+    assert registry.register(home, "student", path, 0, "derrd", {METRIC: 0.3}, 10).version == 3
+    (path / "model.safetensors").write_bytes(b"retrained")
+    assert registry.register(home, "student", path, 0, "ccd", {METRIC: 0.3}, 10).version == 4
+    assert len(registry.list_versions(home)) == 4
+
+
+def test_folder_checksum_covers_file_names(home):
+    path = artifact(home, "m")
+    before = registry.sha256_artifact(path)
+    (path / "model.safetensors").rename(path / "renamed.safetensors")
+    assert registry.sha256_artifact(path) != before
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "../x"}, "invalid model name"),
+        ({"method": "a/b"}, "invalid method"),
+        ({"block": -1}, "block must be"),
+        ({"n_params": -5}, "n_params must be"),
+        ({"metrics": {METRIC: "high"}}, "must map a name to a number"),
+        ({"lineage": {"x": object()}}, "lineage must be JSON"),
+        ({"artifact_path": "../outside"}, "outside the home folder"),
+    ],
+)
+def test_register_rejects_bad_input(home, tmp_path, kwargs, message):
+    (tmp_path / "outside").write_bytes(b"x")
+    args = {"name": "student", "artifact_path": artifact(home, "m"), "block": 0, "method": "ccd",
+            "metrics": {METRIC: 0.3}, "n_params": 10, **kwargs}
+    with pytest.raises(BadInputError, match=message):
+        registry.register(home, **args)
+    assert registry.list_versions(home) == []
+
+
+def test_gate_promotes_first_and_better_and_keeps_worse_as_candidate(home):
+    v1, v2, v3 = add(home, 0.30), add(home, 0.32, block=1), add(home, 0.25, block=2)
+
+    first = registry.propose(home, "student", v1.version)
+    assert first.promoted and first.previous_production is None and "no production yet" in first.reason
+
+    better = registry.propose(home, "student", v2.version)
+    assert better.promoted and better.previous_production == 1 and better.baseline == pytest.approx(0.30)
+
+    worse = registry.propose(home, "student", v3.version)
+    assert not worse.promoted
+    assert worse.reason == "h_recall@20 0.2500 is 0.0700 below production v2 0.3200 (tolerance 0.005)"
+    assert (worse.value, worse.baseline, worse.previous_production) == (0.25, 0.32, 2)
+
+    assert registry.aliases(home, "student") == {"candidate": 3, "production": 2}
+    statuses = {v.version: v.status for v in registry.list_versions(home)}
+    assert statuses == {1: "archived", 2: "production", 3: "candidate"}
+    assert registry.get(home, "student", "candidate").reason == worse.reason
+    assert [d.kind for d in registry.list_decisions(home, "student")] == ["gate"] * 3
+
+
+def test_gate_tolerance_edge_is_inclusive(home):
+    gate = GateConfig(metric=METRIC, tolerance=0.005)
+    registry.propose(home, "student", add(home, 0.300).version, gate)
+    at_edge = registry.propose(home, "student", add(home, 0.295, block=1).version, gate)
+    assert at_edge.promoted and "within tolerance" in at_edge.reason
+    past_edge = registry.propose(home, "student", add(home, 0.2899, block=2).version, gate)
+    assert not past_edge.promoted
+    assert registry.aliases(home, "student")["production"] == 2
+
+
+def test_gate_metric_is_configurable(home):
+    path = artifact(home, "m")
+    v = registry.register(home, "student", path, 0, "ccd", {"ndcg@20": 0.1}, 10)
+    decision = registry.propose(home, "student", v.version, GateConfig(metric="ndcg@20"))
+    assert decision.promoted and decision.metric == "ndcg@20"
+
+
+def test_propose_is_idempotent(home):
+    v1, v2 = add(home, 0.3), add(home, 0.1, block=1)
+    first = registry.propose(home, "student", v1.version)
+    kept = registry.propose(home, "student", v2.version)
+    assert registry.propose(home, "student", v1.version) == first
+    assert registry.propose(home, "student", v2.version) == kept
+    assert len(registry.list_decisions(home)) == 2
+
+
+def _break_nan(home, v):
+    return registry.register(home, "student", artifact(home, "nan"), 0, "ccd", {METRIC: math.nan}, 10)
+
+
+def _break_missing_metric(home, v):
+    return registry.register(home, "student", artifact(home, "nometric"), 0, "ccd", {"recall@20": 0.3}, 10)
+
+
+def _break_zero_params(home, v):
+    return registry.register(home, "student", artifact(home, "zero"), 0, "ccd", {METRIC: 0.3}, 0)
+
+
+def _break_missing_artifact(home, v):
+    (v.path(home) / "model.safetensors").unlink()
+    v.path(home).rmdir()
+    return v
+
+
+def _break_tampered_artifact(home, v):
+    (v.path(home) / "model.safetensors").write_bytes(b"tampered")
+    return v
+
+
+@pytest.mark.parametrize(
+    "breaker, message",
+    [
+        (_break_nan, "non-finite metrics"),
+        (_break_missing_metric, "gate metric 'h_recall@20' missing"),
+        (_break_zero_params, "parameter count 0"),
+        (_break_missing_artifact, "is missing"),
+        (_break_tampered_artifact, "does not match its registered sha256"),
+    ],
+)
+def test_gate_rejects_insane_versions(home, breaker, message):
+    broken = breaker(home, add(home, 0.9))
+    decision = registry.propose(home, "student", broken.version)
+    assert not decision.promoted and decision.kind == "gate"
+    assert decision.reason.startswith("failed sanity checks") and message in decision.reason
+    assert registry.get(home, "student", broken.version).status == "rejected"
+    assert registry.aliases(home, "student") == {}
+
+
+def test_manual_promote_bypasses_gate_but_not_integrity(home):
+    v1, v2 = add(home, 0.3), add(home, 0.1, block=1)
+    registry.propose(home, "student", v1.version)
+    registry.propose(home, "student", v2.version)
+    decision = registry.promote(home, "student", v2.version, "ops override")
+    assert decision.promoted and decision.kind == "manual" and decision.reason == "ops override"
+    assert registry.aliases(home, "student") == {"production": 2}
+    with pytest.raises(RegistryError, match="already production"):
+        registry.promote(home, "student", v2.version, "again")
+    with pytest.raises(BadInputError, match="needs a reason"):
+        registry.promote(home, "student", v1.version, " ")
+    _break_tampered_artifact(home, v1)
+    with pytest.raises(ArtifactIntegrityError):
+        registry.promote(home, "student", v1.version, "tampered")
+    assert registry.aliases(home, "student") == {"production": 2}
+
+
+def test_rollback_walks_back_through_history(home):
+    for block, score in enumerate([0.30, 0.31, 0.32]):
+        registry.propose(home, "student", add(home, score, block=block).version)
+    assert registry.aliases(home, "student")["production"] == 3
+
+    back = registry.rollback(home, "student", "bad online metrics")
+    assert (back.version, back.previous_production, back.kind) == (2, 3, "rollback")
+    assert back.reason == "bad online metrics: v3 -> v2"
+    assert registry.rollback(home, "student").version == 1
+    with pytest.raises(RegistryError, match="nothing to roll back to: student v1 was the first production"):
+        registry.rollback(home, "student")
+    assert registry.aliases(home, "student")["production"] == 1
+    statuses = {v.version: v.status for v in registry.list_versions(home)}
+    assert statuses == {1: "production", 2: "archived", 3: "archived"}
+
+
+def test_rollback_without_production_is_a_clear_error(home):
+    add(home, 0.3)
+    with pytest.raises(RegistryError, match="no alias 'production'"):
+        registry.rollback(home, "student")
+
+
+def test_load_artifact_path_verifies_checksum(home):
+    v1 = add(home, 0.3)
+    registry.propose(home, "student", v1.version)
+    assert registry.load_artifact_path(home, "student") == v1.path(home)
+    assert registry.load_artifact_path(home, "student", 1) == v1.path(home)
+    _break_tampered_artifact(home, v1)
+    with pytest.raises(ArtifactIntegrityError, match="student v1"):
+        registry.load_artifact_path(home, "student")
+
+
+def test_json_output_is_valid_with_nan_metrics(home):
+    v = _break_nan(home, None)
+    assert json.loads(json.dumps(v.to_dict(), allow_nan=False))["metrics"][METRIC] is None
+
+
+def _hammer(root, seed, rounds, results):
+    home, rng, promoted = Home(root), random.Random(seed), 0
+    for _ in range(rounds):
+        try:
+            registry.promote(home, "student", rng.randint(1, 4), f"worker {seed}")
+            promoted += 1
+        except RegistryError:
+            pass  # it was production already
+    results.put(promoted)
+
+
+def test_concurrent_promotions_serialize(home):
+    for block in range(4):
+        add(home, 0.3, block=block)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    workers = [ctx.Process(target=_hammer, args=(home.root, seed, 15, results)) for seed in (1, 2)]
+    for worker in workers:
+        worker.start()
+    promoted = sum(results.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(30)
+        assert worker.exitcode == 0
+
+    decisions = registry.list_decisions(home, "student")
+    assert len(decisions) == promoted > 0
+    # Serialized: each promotion replaced exactly the production left by the one before it.
+    assert decisions[0].previous_production is None
+    for before, after in zip(decisions, decisions[1:]):
+        assert after.previous_production == before.version != after.version
+    production = registry.aliases(home, "student")["production"]
+    assert production == decisions[-1].version
+    assert [v.version for v in registry.list_versions(home) if v.status == "production"] == [production]
+
+
+def cli(capsys, *argv):
+    from ccd.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_json_prints_one_object(home, capsys):
+    v1, v2 = add(home, 0.3), add(home, 0.1, block=1)
+    base = ["--home", str(home.root), "--json"]
+
+    code, out, _ = cli(capsys, "registry", "promote", "student", "1", "--gate", *base)
+    assert code == 0 and json.loads(out)["decision"]["promoted"] is True
+    code, out, _ = cli(capsys, "registry", "promote", "student", "2", "--gate", *base)
+    assert code == 0 and json.loads(out) == {"decision": json.loads(out)["decision"], "production": 1}
+    assert json.loads(out)["decision"]["promoted"] is False
+
+    for argv in (["list"], ["show", "student"], ["show", "student", "candidate"], ["history", "student"]):
+        code, out, _ = cli(capsys, "registry", *argv, *base)
+        assert code == 0 and out.count("\n") == 1 and isinstance(json.loads(out), dict)
+    assert [v["version"] for v in json.loads(cli(capsys, "registry", "list", *base)[1])["versions"]] == [1, 2]
+    assert json.loads(cli(capsys, "registry", "show", "student", *base)[1])["version"]["version"] == 1
+
+    code, out, _ = cli(capsys, "registry", "promote", "student", "2", "--reason", "override", *base)
+    assert code == 0 and json.loads(out)["production"] == 2
+    code, out, _ = cli(capsys, "registry", "rollback", "student", *base)
+    assert code == 0 and json.loads(out)["production"] == 1
+
+
+def test_cli_tables_and_errors(home, capsys):
+    registry.propose(home, "student", add(home, 0.3).version)
+    code, out, _ = cli(capsys, "registry", "list", "--home", str(home.root))
+    assert code == 0 and "h_recall@20" in out.splitlines()[0] and "production" in out
+    code, out, err = cli(capsys, "registry", "rollback", "student", "--home", str(home.root))
+    assert code == 2 and out == "" and err.count("\n") == 1 and "nothing to roll back to" in err
