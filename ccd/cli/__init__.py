@@ -11,10 +11,10 @@ import argparse
 import logging
 import sys
 
-from ccd.cli import lake
+from ccd.cli import lake, registry
 from ccd.errors import CcdError
 
-COMMAND_MODULES = [lake]
+COMMAND_MODULES = [lake, registry]
 
 
 def build_parser() -> argparse.ArgumentParser:
