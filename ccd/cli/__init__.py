@@ -11,10 +11,10 @@ import argparse
 import logging
 import sys
 
-from ccd.cli import lake, registry
+from ccd.cli import lake, sample, registry
 from ccd.errors import CcdError
 
-COMMAND_MODULES = [lake, registry]
+COMMAND_MODULES = [lake, sample, registry]
 
 
 def build_parser() -> argparse.ArgumentParser:
