@@ -30,7 +30,8 @@ Example
 -------
 >>> from ccd.config import SampleConfig
 >>> blocks = generate_stream(SampleConfig(seed=0))
->>> [len(b) for b in blocks]  # doctest: +SKIP
+>>> len(blocks), list(blocks[0].columns)
+(6, ['user_id', 'item_id', 'timestamp'])
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from ccd.config import SampleConfig
+from ccd.lake.make_blocks import write_blocks
 
 DAY = 86_400
 
@@ -108,8 +110,6 @@ def write_sample(out: str | Path, config: SampleConfig) -> list[dict[str, Any]]:
 
     Returns the per-block statistics of `ccd.lake.make_blocks.block_stats`.
     """
-    from ccd.lake.make_blocks import write_blocks
-
     return write_blocks(generate_stream(config), Path(out), "parquet")
 
 
