@@ -91,8 +91,9 @@ def make_blocks(
     deduped_rows = len(frame)
     frame = kcore_filter(frame, kcore, single_pass)
     if len(frame) < n_blocks + 1:
+        filtering = f" and {kcore}-core filtering" if kcore > 1 else ""
         raise BadInputError(
-            f"{raw}: {len(frame)} interactions left after deduplication and {kcore}-core filtering, "
+            f"{raw}: {len(frame)} interactions left after deduplication{filtering}, "
             f"fewer than the {n_blocks + 1} blocks asked for"
         )
     blocks = cut_blocks(frame, n_blocks, base_fraction)
@@ -134,7 +135,7 @@ def read_log(path: str | Path, user_col: str = "user_id", item_col: str = "item_
 
 
 def parse_timestamps(values: pd.Series, where: str = "timestamps") -> np.ndarray:
-    """Unix seconds (int64, shape (N,)) from integers, whole floats, datetimes or ISO strings.
+    """Unix seconds (int64, shape (N,)) from integers, floats, datetimes or ISO 8601 strings.
 
     Naive date/times are taken as UTC. Fractions of a second are truncated.
     """
