@@ -1,0 +1,69 @@
+"""Recommender models behind one interface (`ccd.models.base.Recommender`).
+
+`build_model(config, n_users, n_items)` makes any kind from its config dataclass;
+`parse_members` turns the compact teacher spec ("lightgcn:64x3") into named member configs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ccd.errors import BadInputError
+from ccd.models.base import Batch, Recommender
+from ccd.models.bpr import BPRConfig, BPRMF
+from ccd.models.lightgcn import LightGCN, LightGCNConfig
+from ccd.models.vae import MultVAE, VAEConfig
+
+MODELS: dict[str, type[Recommender]] = {cls.kind: cls for cls in (BPRMF, LightGCN, MultVAE)}
+_MEMBER = re.compile(r"^(?P<kind>[a-z]+):(?P<dim>[0-9]+)(?:x(?P<count>[0-9]+))?$")
+
+__all__ = [
+    "MODELS", "Batch", "Recommender", "BPRConfig", "BPRMF", "LightGCN", "LightGCNConfig",
+    "MultVAE", "VAEConfig", "build_model", "model_config", "parse_members",
+]
+
+
+def model_config(kind: str, values: dict[str, Any]) -> Any:
+    """The config dataclass of `kind` built from `values` (e.g. read back from JSON)."""
+    if kind not in MODELS:
+        raise BadInputError(f"unknown model kind {kind!r}; known: {', '.join(sorted(MODELS))}")
+    return MODELS[kind].Config(**values)
+
+
+def build_model(config: Any, n_users: int, n_items: int) -> Recommender:
+    """A freshly initialised model of the kind that `config`'s class belongs to."""
+    for cls in MODELS.values():
+        if type(config) is cls.Config:
+            return cls(config, n_users, n_items)
+    raise BadInputError(f"no model kind has config type {type(config).__name__}")
+
+
+def parse_members(specs: list[str] | tuple[str, ...], lightgcn_layers: int = 2, base_seed: int = 0) -> list[tuple[str, Any]]:
+    """Named member configs from compact specs `kind:dim[xcount]`.
+
+    Member j of a kind (counted over all specs) is named `<kind>-<j>` and seeded
+    `base_seed + j`, so members of one kind differ only by seed.
+
+    Example
+    -------
+    >>> [name for name, _ in parse_members(["lightgcn:64x2", "bpr:32"])]
+    ['lightgcn-0', 'lightgcn-1', 'bpr-0']
+    """
+    members: list[tuple[str, Any]] = []
+    counts: dict[str, int] = {}
+    for spec in specs:
+        match = _MEMBER.match(spec.strip())
+        if not match or match["kind"] not in MODELS or int(match["dim"]) < 1 or match["count"] == "0":
+            raise BadInputError(
+                f"bad member spec {spec!r}: use kind:dim[xcount] with kind in {', '.join(sorted(MODELS))}, e.g. lightgcn:64x3"
+            )
+        kind, dim = match["kind"], int(match["dim"])
+        for _ in range(int(match["count"] or 1)):
+            j = counts.get(kind, 0)
+            counts[kind] = j + 1
+            values: dict[str, Any] = {"dim": dim, "seed": base_seed + j}
+            if kind == "lightgcn":
+                values["layers"] = lightgcn_layers
+            members.append((f"{kind}-{j}", MODELS[kind].Config(**values)))
+    return members

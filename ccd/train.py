@@ -1,0 +1,245 @@
+"""One training loop for every model kind.
+
+    result = train(model, block, RunConfig().train)       # CUDA when available, else CPU
+
+Each epoch: draw the epoch's batches on the device (BPR triples with exact uniform negatives,
+or user rows for Mult-VAE), take one Adam step per batch on `model.training_loss`, then every
+`eval_every` epochs rank all items for the validation users and keep the best state by valid
+Recall@20; stop after `patience` evaluations without improvement and restore the best state.
+All randomness comes from one seeded generator on the device, so a CPU run is reproducible.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ccd.config import TrainConfig
+from ccd.data import BlockData
+from ccd.errors import TrainingError
+from ccd.evaluate import rank_metrics
+from ccd.models import Batch, Recommender
+
+log = logging.getLogger(__name__)
+SELECT_METRIC = "recall@20"  # spec: selection by the block's valid Recall@20
+
+Callback = Callable[[int, dict[str, Any]], None]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`"auto"`: CUDA when available, else CPU; anything else is a torch device name."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise TrainingError(f"bad device {name!r}: {exc}") from None
+
+
+class NegativeSampler:
+    """Uniform negatives that are never one of the user's seen items, exact and vectorised.
+
+    For user u with sorted seen items s_0 < s_1 < ..., the j-th unseen item (0-based) is
+    j + #{t : s_t - t <= j}, because s_t - t counts the unseen items below s_t. So one uniform
+    draw j in [0, n_items - |seen_u|) and one `searchsorted` over the keys u * n_items + s_t - t
+    (globally sorted) give a negative for every row at once: no rejection loop, no Python loop
+    per user.
+
+    Parameters
+    ----------
+    seen : np.ndarray, shape (M, 2)
+        (user, item) pairs never to draw as negatives.
+    n_users, n_items : int
+    device : torch.device
+    """
+
+    def __init__(self, seen: np.ndarray, n_users: int, n_items: int, device: torch.device) -> None:
+        seen = np.unique(np.asarray(seen, dtype=np.int64).reshape(-1, 2), axis=0)  # sorted by (user, item)
+        counts = np.bincount(seen[:, 0], minlength=n_users)  # (n_users,)
+        starts = np.cumsum(counts) - counts
+        rank = np.arange(len(seen)) - starts[seen[:, 0]]  # t: position of each item in its user's list
+        self.n_items = n_items
+        self.keys = torch.as_tensor(seen[:, 0] * n_items + seen[:, 1] - rank, device=device)  # (M,) sorted
+        self.starts = torch.as_tensor(starts, device=device)  # (n_users,)
+        self.free = torch.as_tensor(n_items - counts, device=device)  # (n_users,) unseen items per user
+
+    def sample(self, users: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One negative item per entry of `users` (B,), returned as (B,) int64."""
+        free = self.free[users]
+        if bool((free == 0).any()):
+            raise TrainingError("a user has interacted with every item: no negative exists for BPR")
+        draw = torch.rand(len(users), generator=generator, device=users.device, dtype=torch.float64)
+        j = torch.minimum((draw * free).long(), free - 1)  # uniform in [0, free_u)
+        below = torch.searchsorted(self.keys, users * self.n_items + j, right=True) - self.starts[users]
+        return j + below
+
+
+@dataclass
+class TrainResult:
+    """What a training run did; `history` has one record per epoch (loss, seconds, valid)."""
+
+    best_epoch: int
+    epochs_run: int
+    best_metrics: dict[str, float]
+    seconds_per_epoch: float
+    eval_seconds: float
+    stopped_early: bool
+    device: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train(
+    model: Recommender,
+    data: BlockData,
+    config: TrainConfig,
+    *,
+    seed: int | None = None,
+    exclude_negatives: np.ndarray | None = None,
+    callback: Callback | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` on `data.train`, select on `data.valid`, restore the best state.
+
+    Parameters
+    ----------
+    model : Recommender
+        Must cover exactly the block's id space (`grow` it first for a later block).
+    data : BlockData
+        Train pairs to learn from (also handed to `model.set_interactions`), valid pairs to
+        select on; ranking excludes `data.seen_train`.
+    config : TrainConfig
+    seed : int, optional
+        Seed of the batches, negatives and model noise; default `model.config.seed`.
+    exclude_negatives : np.ndarray, shape (E, 2), optional
+        Extra (user, item) pairs never drawn as negatives, on top of `data.seen_train`.
+    callback : callable, optional
+        `callback(epoch, record)` after every epoch, record = {"epoch", "loss", "seconds",
+        "valid" (metrics, on evaluated epochs)}.
+    progress : bool
+        Show a tqdm bar over epochs on stderr.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    TrainingError
+        Empty train split, a model that does not match the block, or a non-finite loss.
+    """
+    _check(model, data, config)
+    device = pick_device(config.device)
+    model.to(device)
+    model.set_interactions(data.train)
+    generator = torch.Generator(device=device).manual_seed(model.config.seed if seed is None else seed)
+    seen = data.seen_train if exclude_negatives is None else np.concatenate([data.seen_train, exclude_negatives])
+    sampler = NegativeSampler(seen, data.n_users, data.n_items, device)
+    train_pairs = torch.as_tensor(data.train, device=device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+    history: list[dict[str, Any]] = []
+    best = (-math.inf, 0, {}, None)  # (score, epoch, metrics, state)
+    stale, train_seconds, eval_seconds = 0, 0.0, 0.0
+    bar = tqdm(range(1, config.max_epochs + 1), desc=f"train {model.kind}", unit="epoch", file=sys.stderr, disable=not progress)
+    for epoch in bar:
+        # --- one pass over the training data
+        model.train()
+        start = time.perf_counter()
+        total, steps = torch.zeros((), device=device), 0
+        for batch in _batches(model, train_pairs, sampler, config, generator):
+            loss = model.training_loss(batch, config.weight_decay)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+            steps += 1
+        mean_loss = float(total) / steps  # the epoch's only device sync
+        if not math.isfinite(mean_loss):
+            raise TrainingError(f"{model.kind} loss became {mean_loss} at epoch {epoch}: lower train.lr or check the data")
+        seconds = time.perf_counter() - start
+        train_seconds += seconds
+        record: dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "seconds": seconds}
+
+        # --- evaluate, keep the best state, stop when it no longer improves
+        if len(data.valid) and (epoch % config.eval_every == 0 or epoch == config.max_epochs):
+            start = time.perf_counter()
+            metrics = validate(model, data, config.eval_batch_users)
+            eval_seconds += time.perf_counter() - start
+            record["valid"] = metrics
+            if metrics[SELECT_METRIC] > best[0]:
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best, stale = (metrics[SELECT_METRIC], epoch, metrics, state), 0
+            else:
+                stale += 1
+            bar.set_postfix(loss=f"{mean_loss:.4f}", r20=f"{metrics[SELECT_METRIC]:.4f}", best=best[1])
+        history.append(record)
+        log.info("%s epoch %d: %s", model.kind, epoch, record)
+        if callback is not None:
+            callback(epoch, record)
+        if stale >= config.patience:
+            break
+    bar.close()
+
+    _, best_epoch, best_metrics, best_state = best
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:  # nothing to select on: keep the last state
+        best_epoch = len(history)
+    model.eval()
+    return TrainResult(
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        best_metrics=best_metrics,
+        seconds_per_epoch=train_seconds / len(history),
+        eval_seconds=eval_seconds,
+        stopped_early=len(history) < config.max_epochs,
+        device=str(device),
+        history=history,
+    )
+
+
+def validate(model: Recommender, data: BlockData, batch_users: int = 1024, split: str = "valid") -> dict[str, float]:
+    """Full-ranking Recall/NDCG@{10,20,50} of `model` on `data.<split>`, excluding seen train."""
+    model.eval()
+    return rank_metrics(model.score, getattr(data, split), data.seen_train, data.n_items, batch_users=batch_users, device=model.device)
+
+
+def _batches(
+    model: Recommender, pairs: torch.Tensor, sampler: NegativeSampler, config: TrainConfig, generator: torch.Generator
+) -> Iterator[Batch]:
+    """One epoch of batches, shuffled: BPR triples, or user rows for `batch_kind == "users"`."""
+    device = pairs.device
+    if model.batch_kind == "users":
+        users = torch.unique(pairs[:, 0])
+        users = users[torch.randperm(len(users), generator=generator, device=device)]
+        for chunk in users.split(config.user_batch_size):
+            yield Batch(chunk, None, None, generator)
+        return
+    pairs = pairs[torch.randperm(len(pairs), generator=generator, device=device)]  # (N, 2)
+    negatives = sampler.sample(pairs[:, 0], generator)  # (N,), drawn for the whole epoch at once
+    for chunk, neg in zip(pairs.split(config.batch_size), negatives.split(config.batch_size)):
+        yield Batch(chunk[:, 0], chunk[:, 1], neg, generator)
+
+
+def _check(model: Recommender, data: BlockData, config: TrainConfig) -> None:
+    if len(data.train) == 0:
+        raise TrainingError(f"block {data.block} has no training pairs")
+    if (model.n_users, model.n_items) != (data.n_users, data.n_items):
+        raise TrainingError(
+            f"model covers {model.n_users} users x {model.n_items} items but block {data.block} has "
+            f"{data.n_users} x {data.n_items}: grow the model to the block's id space first"
+        )
+    if min(config.batch_size, config.user_batch_size, config.max_epochs, config.eval_every, config.patience) < 1:
+        raise TrainingError("train.batch_size, user_batch_size, max_epochs, eval_every and patience must be >= 1")

@@ -1,0 +1,154 @@
+"""The training loop: negative sampling, learning, selection, reproducibility, failures."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ccd.config import TrainConfig
+from ccd.errors import TrainingError
+from ccd.evaluate import rank_metrics
+from ccd.models import BPRConfig, LightGCNConfig, VAEConfig, build_model
+from ccd.train import NegativeSampler, train, validate
+from planted import planted_block
+
+FAST = TrainConfig(lr=0.02, batch_size=256, user_batch_size=32, max_epochs=25, eval_every=1, patience=4, device="cpu")
+CONFIGS = [BPRConfig(dim=16, seed=3), LightGCNConfig(dim=16, layers=2, seed=3), VAEConfig(dim=16, hidden=32, seed=3)]
+IDS = ["bpr", "lightgcn", "vae"]
+
+
+# --- negative sampling ---------------------------------------------------------------------
+
+def test_sampler_never_returns_seen_items_and_covers_unseen():
+    rng = np.random.default_rng(0)
+    n_users, n_items = 50, 30
+    seen = np.stack([rng.integers(0, n_users, 600), rng.integers(0, n_items, 600)], 1)
+    seen = np.concatenate([seen, [[7, i] for i in range(n_items - 1)]])  # user 7: one item left
+    sampler = NegativeSampler(seen, n_users, n_items, torch.device("cpu"))
+    users = torch.as_tensor(np.repeat(np.arange(n_users), 400))
+    negatives = sampler.sample(users, torch.Generator().manual_seed(0))
+    seen_set = {(int(u), int(i)) for u, i in seen}
+    drawn = set(zip(users.tolist(), negatives.tolist()))
+    assert not drawn & seen_set
+    assert ((negatives >= 0) & (negatives < n_items)).all()
+    assert set(negatives[users == 7].tolist()) == {n_items - 1}
+    unseen = {(u, i) for u in range(n_users) for i in range(n_items)} - seen_set
+    assert drawn == unseen  # 400 uniform draws per user reach every unseen item
+
+
+def test_sampler_is_uniform_over_unseen_items():
+    seen = np.array([[0, 1], [0, 3], [0, 4]])
+    sampler = NegativeSampler(seen, 1, 6, torch.device("cpu"))
+    draws = sampler.sample(torch.zeros(30_000, dtype=torch.long), torch.Generator().manual_seed(1))
+    counts = torch.bincount(draws, minlength=6).double() / len(draws)
+    assert counts[[1, 3, 4]].sum() == 0
+    assert torch.allclose(counts[[0, 2, 5]], torch.full((3,), 1 / 3, dtype=torch.float64), atol=0.015)
+
+
+def test_sampler_is_vectorised(monkeypatch):
+    rng = np.random.default_rng(0)
+    n_users, n_items = 20_000, 5_000
+    seen = np.stack([rng.integers(0, n_users, 200_000), rng.integers(0, n_items, 200_000)], 1)
+    sampler = NegativeSampler(seen, n_users, n_items, torch.device("cpu"))
+    calls = []
+    searchsorted = torch.searchsorted
+    monkeypatch.setattr(torch, "searchsorted", lambda *a, **kw: calls.append(1) or searchsorted(*a, **kw))
+    users = torch.as_tensor(rng.integers(0, n_users, 300_000))
+    negatives = sampler.sample(users, torch.Generator().manual_seed(0))
+    assert len(calls) == 1  # one lookup for all 300,000 draws: no loop per user, no rejection rounds
+    codes = users * n_items + negatives
+    assert not np.isin(codes.numpy(), seen[:, 0] * n_items + seen[:, 1]).any()
+
+
+def test_sampler_rejects_a_user_with_every_item():
+    sampler = NegativeSampler(np.array([[0, 0], [0, 1]]), 2, 2, torch.device("cpu"))
+    with pytest.raises(TrainingError, match="every item"):
+        sampler.sample(torch.tensor([1, 0]), torch.Generator().manual_seed(0))
+
+
+# --- learning ------------------------------------------------------------------------------
+
+def _popularity_recall(data) -> float:
+    popularity = torch.as_tensor(np.bincount(data.train[:, 1], minlength=data.n_items), dtype=torch.float32)
+    return rank_metrics(lambda u: popularity.repeat(len(u), 1), data.test, data.seen_train, data.n_items)["recall@20"]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_training_learns_planted_structure(config):
+    data = planted_block()
+    model = build_model(config, data.n_users, data.n_items)
+    records = []
+    result = train(model, data, FAST, callback=lambda epoch, record: records.append((epoch, record)), progress=False)
+    losses = [r["loss"] for r in result.history]
+    assert losses[-1] < losses[0]
+    test = validate(model, data, split="test")
+    random_recall = 20 / (data.n_items - 8)  # 8 train items per user are excluded
+    assert test["recall@20"] > max(_popularity_recall(data), random_recall) + 0.2
+    assert [e for e, _ in records] == list(range(1, result.epochs_run + 1))
+    assert result.best_metrics["recall@20"] == max(r["valid"]["recall@20"] for r in result.history)
+    assert validate(model, data) == result.best_metrics  # the best state was restored
+    assert result.seconds_per_epoch > 0 and result.device == "cpu"
+
+
+def test_early_stopping_respects_patience():
+    data = planted_block()
+    config = TrainConfig(lr=0.05, batch_size=256, max_epochs=200, patience=2, device="cpu")
+    result = train(build_model(BPRConfig(dim=8), data.n_users, data.n_items), data, config, progress=False)
+    assert result.stopped_early and result.epochs_run < 200
+    assert result.epochs_run - result.best_epoch == 2  # two evaluations without improvement
+
+
+def test_eval_every_and_no_validation_data():
+    data = planted_block()
+    config = TrainConfig(lr=0.02, batch_size=256, max_epochs=5, eval_every=2, patience=10, device="cpu")
+    result = train(build_model(BPRConfig(dim=8), data.n_users, data.n_items), data, config, progress=False)
+    assert [("valid" in r) for r in result.history] == [False, True, False, True, True]  # and the last
+    no_valid = type(data)(data.block, data.n_users, data.n_items, data.train, data.valid[:0], data.test, data.history)
+    result = train(build_model(BPRConfig(dim=8), data.n_users, data.n_items), no_valid, config, progress=False)
+    assert result.best_epoch == result.epochs_run == 5 and result.best_metrics == {}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_training_is_reproducible_on_cpu(config):
+    data = planted_block(n_users=60, n_items=40)
+    short = TrainConfig(lr=0.02, batch_size=128, user_batch_size=16, max_epochs=3, patience=5, device="cpu")
+    states = []
+    for seed in (7, 7, 8):
+        model = build_model(config, data.n_users, data.n_items)
+        train(model, data, short, seed=seed, progress=False)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
+def test_extra_negative_exclusions_are_respected():
+    data = planted_block()
+    seen = {(int(u), int(i)) for u, i in data.seen_train}
+    # Excluding every item user 0 has not seen leaves it no negative: the extra pairs are used.
+    extra = np.array([[0, i] for i in range(data.n_items) if (0, i) not in seen])
+    with pytest.raises(TrainingError, match="every item"):
+        train(build_model(BPRConfig(dim=4), data.n_users, data.n_items), data, FAST, exclude_negatives=extra, progress=False)
+
+
+# --- failures ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_nan_loss_raises_training_error(config):
+    data = planted_block()
+    model = build_model(config, data.n_users, data.n_items)
+    with torch.no_grad():
+        next(model.parameters()).fill_(math.nan)
+    with pytest.raises(TrainingError, match="loss became nan"):
+        train(model, data, FAST, progress=False)
+
+
+def test_model_must_match_block():
+    data = planted_block()
+    with pytest.raises(TrainingError, match="grow the model"):
+        train(build_model(BPRConfig(dim=4), data.n_users - 1, data.n_items), data, FAST, progress=False)
+    empty = type(data)(0, data.n_users, data.n_items, data.train[:0], data.valid, data.test, data.history)
+    with pytest.raises(TrainingError, match="no training pairs"):
+        train(build_model(BPRConfig(dim=4), data.n_users, data.n_items), empty, FAST, progress=False)
