@@ -1,0 +1,147 @@
+"""Distillation Experts (DE, Kang et al. CIKM 2020 §2): transfer the teacher's representations.
+
+A small student cannot hold the teacher's representation space, so DE does not regress student
+embeddings onto teacher embeddings directly. M small experts E_m (d_s -> ⌊(d_s+d_t)/2⌋ -> d_t
+two-layer MLPs) each map the student space into the teacher space, and a selection network
+routes every entity to one expert from its *teacher* representation: entities close in the
+teacher's space share an expert, which then specialises in reconstructing that region. The loss
+of entity e with student row h_s and teacher row h_t is
+
+    L_DE(e) = ‖ h_t − Σ_m s_m(e) · E_m(h_s) ‖²,    s(e) = Gumbel-softmax(W h_t + b; τ).
+
+The temperature τ anneals per epoch from soft mixing to a near one-hot choice
+(`temperature`). Users and items get separate `DistillationExperts`; all of it is discarded
+after training, so the served student costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def temperature(epoch: int, start: float = 1.0, end: float = 1e-10, period: int = 1000) -> float:
+    """Gumbel-softmax temperature of an epoch: τ_e = start · (end/start)^(e/period), at least `end`.
+
+    The authors' schedule (spec §2): epoch 0 uses `start`; with the defaults τ ≈ 0.1 at epoch
+    100 and ≈ 3e-3 at epoch 250, so selection is soft early and near one-hot later.
+
+    Example
+    -------
+    >>> round(temperature(100), 6)
+    0.1
+    """
+    if epoch < 0 or period < 1 or not 0 < end <= start:
+        raise ValueError(f"need epoch >= 0, period >= 1 and 0 < end <= start, got {epoch}, {period}, {end}, {start}")
+    return max(start * (end / start) ** (epoch / period), end)
+
+
+def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Relaxed one-hot sample of each row: softmax((log_softmax(logits) + g) / τ), g ~ Gumbel(0, 1).
+
+    `log_softmax` differs from the logits by a per-row constant, so this equals the authors'
+    softmax over log(α + 1e-10) without their epsilon. The noise comes from `generator` so a
+    run is reproducible without torch's global state.
+
+    Parameters
+    ----------
+    logits : torch.Tensor, shape (B, M)
+    tau : float
+        > 0; small values give near one-hot rows.
+
+    Returns
+    -------
+    torch.Tensor, shape (B, M)
+        Rows on the simplex.
+    """
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    tiny = torch.finfo(logits.dtype).tiny
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(tiny)))  # (B, M)
+    return torch.softmax((F.log_softmax(logits, dim=1) + gumbel) / tau, dim=1)
+
+
+def hidden_width(student_dim: int, teacher_dim: int) -> int:
+    """Expert hidden width: ⌊(d_s + d_t)/2⌋, or d_s/2 for self-distillation (d_s = d_t), spec §2."""
+    if student_dim == teacher_dim:
+        return max(student_dim // 2, 1)
+    return (student_dim + teacher_dim) // 2
+
+
+class DistillationExperts(nn.Module):
+    """M experts and a selection network for one side (users or items).
+
+    The M experts are stored as batched weight tensors, so all of them run in one `einsum`
+    instead of a Python loop over modules; each is initialised like `nn.Linear`.
+
+    Parameters
+    ----------
+    student_dim, teacher_dim : int
+        d_s and d_t.
+    n_experts : int
+        M (30 in the authors' code). With M = 1 the selection is skipped (s = 1).
+    generator : torch.Generator, optional
+        Seeds the initial weights.
+
+    Attributes
+    ----------
+    w1 : nn.Parameter, shape (M, d_s, H);  b1 : shape (M, H)
+    w2 : nn.Parameter, shape (M, H, d_t);  b2 : shape (M, d_t)
+    select : nn.Linear, d_t -> M
+    """
+
+    def __init__(self, student_dim: int, teacher_dim: int, n_experts: int = 30, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if min(student_dim, teacher_dim, n_experts) < 1:
+            raise ValueError(f"dims and n_experts must be >= 1, got {student_dim}, {teacher_dim}, {n_experts}")
+        hidden = hidden_width(student_dim, teacher_dim)
+        self.student_dim, self.teacher_dim, self.n_experts = student_dim, teacher_dim, n_experts
+        self.w1 = nn.Parameter(_linear_init((n_experts, student_dim, hidden), student_dim, generator))
+        self.b1 = nn.Parameter(_linear_init((n_experts, hidden), student_dim, generator))
+        self.w2 = nn.Parameter(_linear_init((n_experts, hidden, teacher_dim), hidden, generator))
+        self.b2 = nn.Parameter(_linear_init((n_experts, teacher_dim), hidden, generator))
+        self.select = nn.Linear(teacher_dim, n_experts)
+        with torch.no_grad():
+            self.select.weight.copy_(_linear_init(self.select.weight.shape, teacher_dim, generator))
+            self.select.bias.copy_(_linear_init(self.select.bias.shape, teacher_dim, generator))
+
+    def expert_outputs(self, student: torch.Tensor) -> torch.Tensor:
+        """Every expert's reconstruction: student (B, d_s) -> (B, M, d_t)."""
+        hidden = torch.relu(torch.einsum("bs,msh->bmh", student, self.w1) + self.b1)  # (B, M, H)
+        return torch.einsum("bmh,mht->bmt", hidden, self.w2) + self.b2  # (B, M, d_t)
+
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor, tau: float, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """DE loss of each entity.
+
+        Parameters
+        ----------
+        student : torch.Tensor, shape (B, d_s)
+            Student representations (trainable).
+        teacher : torch.Tensor, shape (B, d_t)
+            Frozen teacher representations of the same entities.
+        tau : float
+            Gumbel-softmax temperature of the current epoch (`temperature`).
+
+        Returns
+        -------
+        torch.Tensor, shape (B,)
+            Squared L2 reconstruction error, summed over the d_t dimensions.
+        """
+        teacher = teacher.detach()
+        outputs = self.expert_outputs(student)  # (B, M, d_t)
+        if self.n_experts == 1:
+            mixed = outputs[:, 0]
+        else:
+            weights = gumbel_softmax(self.select(teacher), tau, generator)  # (B, M)
+            mixed = torch.einsum("bm,bmt->bt", weights, outputs)  # (B, d_t)
+        return (teacher - mixed).pow(2).sum(dim=1)
+
+
+def _linear_init(shape: tuple[int, ...] | torch.Size, fan_in: int, generator: torch.Generator | None) -> torch.Tensor:
+    """U(-1/√fan_in, 1/√fan_in), `nn.Linear`'s default for weights and biases."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return torch.empty(shape).uniform_(-bound, bound, generator=generator)
