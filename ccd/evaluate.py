@@ -116,7 +116,9 @@ def rank_metrics(
     Parameters
     ----------
     score_fn : callable
-        `users` LongTensor (B,) -> scores (B, n_items), any device.
+        `users` LongTensor (B,) -> scores (B, n_items), any device. The result is overwritten
+        in place (excluded items set to -inf), so it must be a fresh tensor, as a matmul or
+        an indexing gives, not a view of a cached table.
     truth : np.ndarray, shape (T, 2), int
         (user, item) pairs to find, e.g. a block's test split.
     exclude : np.ndarray, shape (E, 2), int
@@ -153,7 +155,7 @@ def rank_metrics(
     per_user: dict[str, list[torch.Tensor]] = {name: [] for name in names}  # (B,) per chunk
     for start in range(0, len(users), batch_users):
         chunk = torch.as_tensor(users[start : start + batch_users], device=device)
-        scores = score_fn(chunk).clone()  # (B, n_items); cloned because -inf is written into it
+        scores = score_fn(chunk)  # (B, n_items); overwritten in place below
         dev = scores.device
         if discounts is None:  # first chunk: move the indexes to where the scores live
             seen, wanted = seen.to(dev), wanted.to(dev)
@@ -162,10 +164,13 @@ def rank_metrics(
         rows, items = seen.gather(chunk)
         scores[rows, items] = float("-inf")
         top = torch.topk(scores, k_max, dim=1).indices  # (B, k_max)
+        # Hits by binary search of (row, item) codes in the chunk's sorted truth codes: no
+        # second (B, n_items) matrix.
         rows, items = wanted.gather(chunk)
-        is_truth = torch.zeros(scores.shape, dtype=torch.bool, device=dev)
-        is_truth[rows, items] = True
-        hits = torch.gather(is_truth, 1, top).double()  # (B, k_max)
+        truth_codes = torch.sort(rows * n_items + items).values  # (M,), M >= B
+        query = torch.arange(len(chunk), device=dev)[:, None] * n_items + top  # (B, k_max)
+        found = torch.searchsorted(truth_codes, query).clamp_(max=len(truth_codes) - 1)
+        hits = (truth_codes[found] == query).double()  # (B, k_max)
         n_truth = torch.bincount(rows, minlength=len(chunk)).double()  # (B,)
         for k in ks:
             kk = min(k, k_max)
