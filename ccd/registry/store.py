@@ -431,6 +431,7 @@ def _decision(row: tuple) -> Decision:
 
 
 def _set_status(con: duckdb.DuckDBPyConnection, version: ModelVersion, status: str, reason: str) -> None:
+    assert status in STATUSES, status
     con.execute(
         "UPDATE versions SET status = ?, reason = ? WHERE name = ? AND version = ?",
         [status, reason, version.name, version.version],
