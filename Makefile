@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ccd --verbose demo --home $(HOME_DIR)
+	$(VENV)/bin/ccd demo --home $(HOME_DIR)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

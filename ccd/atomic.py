@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
 
 
 @contextmanager
@@ -32,6 +35,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; other readers (workers, containers) need 0644
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     finally:

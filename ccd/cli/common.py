@@ -57,8 +57,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) 
     columns = list(columns or rows[0].keys())
     cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    line = lambda values: "  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(values, widths))
-    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)]).rstrip()
+    line = lambda values: "  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(values, widths)).rstrip()
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
 def _fmt(value: Any) -> str:

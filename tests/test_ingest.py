@@ -1,0 +1,231 @@
+"""Ingest: id mapping, split, lake files, catalog records, idempotency, order, bad input, crashes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ccd.cli import main
+from ccd.config import LakeConfig
+from ccd.home import Home
+from ccd.errors import BadInputError, BlockOrderError, CcdError, ValidationFailedError
+from ccd.lake import catalog, ingest, store
+from ccd.lake.ingest import ingest_block
+from tests.conftest import make_block
+
+CONFIG = LakeConfig()
+
+
+def write(frame: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    return path
+
+
+def lake_state(home) -> tuple:
+    """Everything that must not change when an ingest fails."""
+    files = sorted(str(p.relative_to(home.root)) for p in home.interactions.rglob("*") if p.is_file()) if home.interactions.exists() else []
+    blocks = [b.to_dict() for b in catalog.list_blocks(home)]
+    users, items = catalog.id_map(home, "user"), catalog.id_map(home, "item")
+    return files, json.dumps(blocks, default=str), users.to_dict("list"), items.to_dict("list")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_ingest_each_format(home, tmp_path, suffix):
+    frame = make_block()
+    result = ingest_block(home, write(frame, tmp_path / f"b0{suffix}"), 0, CONFIG)
+    assert result.status == "ingested"
+    stored = store.read_block(home, 0)
+    assert len(stored) == len(frame) == result.record.rows
+    assert result.record.new_users == 30 and result.record.new_items == frame["item_id"].nunique()
+    assert set(stored["split"]) == {"train", "valid", "test"}
+    assert stored["timestamp"].min() == frame["timestamp"].min()
+
+
+def test_ids_are_dense_and_stable_across_blocks(home, tmp_path):
+    b0 = make_block(n_users=10, seed=0)
+    b1 = make_block(n_users=15, seed=1, block=1)  # users u0..u9 return, u10..u14 are new
+    ingest_block(home, write(b0, tmp_path / "b0.csv"), 0, CONFIG)
+    users_before = catalog.id_map(home, "user").set_index("external_id")["internal_id"].to_dict()
+    r1 = ingest_block(home, write(b1, tmp_path / "b1.csv"), 1, CONFIG)
+    users_after = catalog.id_map(home, "user").set_index("external_id")["internal_id"].to_dict()
+    assert all(users_after[k] == v for k, v in users_before.items())
+    assert sorted(users_after.values()) == list(range(15))
+    assert r1.record.new_users == 5 and r1.record.n_users == 15
+    new_ids = {users_after[f"u{u}"] for u in range(10, 15)}
+    assert new_ids == set(range(10, 15))
+    data = store.load_block_data(home, 1)
+    assert data.n_users == 15 and len(data.history) == r1.record.train_rows * 0 + (store.read_block(home, 0)["split"] == "train").sum()
+
+
+def test_integer_and_string_ids_map_to_the_same_external_id(home, tmp_path):
+    frame = pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [10, 11, 10, 12], "timestamp": [1, 2, 3, 4]})
+    ingest_block(home, write(frame, tmp_path / "b0.parquet"), 0, CONFIG)
+    as_text = frame.assign(user_id=frame["user_id"].astype(str), item_id=frame["item_id"].astype(str))
+    # Same content written as strings is recognised as the same block.
+    assert ingest_block(home, write(as_text, tmp_path / "b0.jsonl"), 0, CONFIG).status == "unchanged"
+
+
+def test_split_follows_ccd_protocol_and_is_deterministic(home, tmp_path):
+    frame = make_block(n_users=20, per_user=20)
+    ingest_block(home, write(frame, tmp_path / "b0.csv"), 0, CONFIG)
+    stored = store.read_block(home, 0)
+    counts = stored.groupby(["user", "split"]).size().unstack()
+    assert (counts["test"] == 2).all() and (counts["valid"] == 2).all() and (counts["train"] == 16).all()
+    shuffled_home = type(home).resolve(tmp_path / "other")
+    ingest_block(shuffled_home, write(frame.sample(frac=1, random_state=3), tmp_path / "shuffled.csv"), 0, CONFIG)
+    other = store.read_block(shuffled_home, 0)
+    key = ["user", "item"]
+    assert stored.sort_values(key)["split"].tolist() == other.sort_values(key)["split"].tolist()
+
+
+def test_given_split_column_is_kept(home, tmp_path):
+    frame = pd.DataFrame({"user_id": ["a", "a", "a", "b"], "item_id": ["x", "y", "z", "x"],
+                          "split": ["train", "valid", "test", "train"]})
+    ingest_block(home, write(frame, tmp_path / "b0.csv"), 0, CONFIG)
+    stored = store.read_block(home, 0).sort_values(["user", "item"])
+    assert stored["split"].tolist() == ["train", "valid", "test", "train"]
+    assert stored["timestamp"].isna().all()
+
+
+def test_same_block_twice_is_a_noop(home, tmp_path):
+    path = write(make_block(), tmp_path / "b0.csv")
+    first = ingest_block(home, path, 0, CONFIG)
+    before = lake_state(home)
+    second = ingest_block(home, path, 0, CONFIG)
+    assert second.status == "unchanged" and second.record.ingested_at == first.record.ingested_at
+    assert lake_state(home) == before
+
+
+def test_different_content_for_existing_block_needs_replace(home, tmp_path):
+    ingest_block(home, write(make_block(seed=0), tmp_path / "b0.csv"), 0, CONFIG)
+    before = lake_state(home)
+    other = write(make_block(seed=5), tmp_path / "b0b.csv")
+    with pytest.raises(BlockOrderError, match="--replace"):
+        ingest_block(home, other, 0, CONFIG)
+    assert lake_state(home) == before
+    replaced = ingest_block(home, other, 0, CONFIG, replace=True)
+    assert replaced.status == "replaced"
+    assert len(list(home.block_dir(0).glob("*.parquet"))) == 1  # the old part is gone
+
+
+def test_out_of_order_block_is_refused(home, tmp_path):
+    with pytest.raises(BlockOrderError, match="next block to ingest is 0"):
+        ingest_block(home, write(make_block(), tmp_path / "b.csv"), 1, CONFIG)
+    ingest_block(home, write(make_block(), tmp_path / "b.csv"), 0, CONFIG)
+    with pytest.raises(BlockOrderError, match="next block to ingest is 1"):
+        ingest_block(home, write(make_block(seed=2, block=3), tmp_path / "b3.csv"), 3, CONFIG)
+
+
+BAD_INPUTS = {
+    "missing column": lambda f: f.drop(columns=["item_id"]),
+    "float ids": lambda f: f.assign(user_id=np.linspace(0, 1, len(f))),
+    "nulls": lambda f: f.assign(item_id=f["item_id"].where(f.index % 7 != 0, None)),
+    "unknown split": lambda f: f.assign(split=["train", "valid", "bogus"] * (len(f) // 3) + ["train"] * (len(f) % 3)),
+    "empty id": lambda f: f.assign(user_id=f["user_id"].where(f.index != 3, "  ")),
+}
+
+
+@pytest.fixture(scope="module")
+def home_with_block0(tmp_path_factory):
+    """One home for all rejection tests: a rejected block must leave it unchanged anyway."""
+    root = tmp_path_factory.mktemp("rejections")
+    home = Home.resolve(root / "home")
+    ingest_block(home, write(make_block(), root / "b0.csv"), 0, CONFIG)
+    return home
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_rejected_block_is_quarantined_and_changes_nothing(home_with_block0, tmp_path, name):
+    home = home_with_block0
+    before = lake_state(home)
+    bad = write(BAD_INPUTS[name](make_block(seed=1, block=1)), tmp_path / "b1.parquet")
+    with pytest.raises(ValidationFailedError, match="block 1 rejected") as info:
+        ingest_block(home, bad, 1, CONFIG)
+    assert lake_state(home) == before
+    report = Path(str(info.value).rsplit("(report: ", 1)[1].rstrip(")"))
+    assert report.is_file() and (report.parent / "input.parquet").is_file()
+    assert catalog.list_validations(home, 1)[-1]["status"] == "rejected"
+    assert ingest.remove_orphans(home) == 0
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1\x00\x01garbage", b"user_id,item_id\n\"unterminated"])
+def test_unreadable_files_give_bad_input(home, tmp_path, content):
+    path = tmp_path / ("b0.parquet" if content.startswith(b"PAR1") else "b0.csv")
+    path.write_bytes(content)
+    with pytest.raises(CcdError):
+        ingest_block(home, path, 0, CONFIG)
+    assert catalog.list_blocks(home) == []
+
+
+def test_truncated_parquet_is_rejected(home, tmp_path):
+    good = write(make_block(), tmp_path / "good.parquet").read_bytes()
+    truncated = tmp_path / "b0.parquet"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(BadInputError, match="not a readable parquet file"):
+        ingest_block(home, truncated, 0, CONFIG)
+
+
+def test_crash_between_parquet_write_and_catalog_commit(home, tmp_path, monkeypatch):
+    ingest_block(home, write(make_block(), tmp_path / "b0.csv"), 0, CONFIG)
+    before = lake_state(home)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated crash after the Parquet write")
+
+    monkeypatch.setattr(catalog, "upsert_block", crash)
+    b1 = write(make_block(seed=1, block=1, user_prefix="w"), tmp_path / "b1.csv")
+    with pytest.raises(KeyboardInterrupt):
+        ingest_block(home, b1, 1, CONFIG)
+    # The partition file was written but the catalog transaction never committed.
+    assert list(home.block_dir(1).glob("*.parquet"))
+    assert [b.block for b in catalog.list_blocks(home)] == [0]
+    assert len(catalog.id_map(home, "user")) == 30  # no id of block 1 leaked into the maps
+    monkeypatch.undo()
+    assert ingest.remove_orphans(home) == 1
+    assert lake_state(home) == before
+    assert ingest_block(home, b1, 1, CONFIG).status == "ingested"
+
+
+def test_block_files_and_ingest_folder(home, tmp_path):
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    for k in range(3):
+        write(make_block(seed=k, block=k), folder / f"block_{k}.csv")
+    (folder / "notes.txt").write_text("ignored")
+    results = ingest.ingest_folder(home, folder, CONFIG)
+    assert [r.status for r in results] == ["ingested"] * 3
+    assert [r.status for r in ingest.ingest_folder(home, folder, CONFIG)] == ["unchanged"] * 3
+
+
+def test_cli_json_and_errors(home, tmp_path, capsys):
+    path = write(make_block(), tmp_path / "b0.csv")
+    assert main(["ingest", str(path), "--block", "0", "--home", str(home.root), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["status"] == "ingested" and payload["record"]["rows"] == 240
+    assert main(["blocks", "--home", str(home.root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["blocks"][0]["block"] == 0
+    assert main(["ingest", str(tmp_path / "missing.csv"), "--block", "1", "--home", str(home.root)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file" in err
+
+
+def test_cli_bad_input_prints_no_traceback(tmp_path):
+    bad = tmp_path / "b0.csv"
+    bad.write_text("user_id,item_id\n1,\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ccd", "ingest", str(bad), "--block", "0", "--home", str(tmp_path / "h")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "rejected" in proc.stderr
