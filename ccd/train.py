@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +33,21 @@ log = logging.getLogger(__name__)
 SELECT_METRIC = "recall@20"  # spec: selection by the block's valid Recall@20
 
 Callback = Callable[[int, dict[str, Any]], None]
+
+
+class Extension(Protocol):
+    """Extra terms of every step's loss, e.g. distillation (`ccd.distill.trainer`).
+
+    `parameters()` are trained by the loop's Adam together with the model's; `start_epoch`
+    runs before each epoch's batches (resampling, annealing); `loss(batch)` is added to
+    `model.training_loss(batch, ...)`.
+    """
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+    def start_epoch(self, epoch: int) -> None: ...
+
+    def loss(self, batch: Batch) -> torch.Tensor: ...
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -109,6 +124,7 @@ def train(
     exclude_negatives: np.ndarray | None = None,
     callback: Callback | None = None,
     progress: bool = True,
+    extension: Extension | None = None,
 ) -> TrainResult:
     """Train `model` on `data.train`, select on `data.valid`, restore the best state.
 
@@ -129,6 +145,8 @@ def train(
         "valid" (metrics, on evaluated epochs)}.
     progress : bool
         Show a tqdm bar over epochs on stderr.
+    extension : Extension, optional
+        Extra loss terms and trainable parameters (distillation); epochs count from 1.
 
     Returns
     -------
@@ -147,7 +165,8 @@ def train(
     seen = data.seen_train if exclude_negatives is None else np.concatenate([data.seen_train, exclude_negatives])
     sampler = NegativeSampler(seen, data.n_users, data.n_items, device)
     train_pairs = torch.as_tensor(data.train, device=device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    extra = list(extension.parameters()) if extension is not None else []
+    optimizer = torch.optim.Adam([*model.parameters(), *extra], lr=config.lr)
 
     history: list[dict[str, Any]] = []
     best = (-math.inf, 0, {}, None)  # (score, epoch, metrics, state)
@@ -158,8 +177,12 @@ def train(
         model.train()
         start = time.perf_counter()
         total, steps = torch.zeros((), device=device), 0
+        if extension is not None:
+            extension.start_epoch(epoch)
         for batch in _batches(model, train_pairs, sampler, config, generator):
             loss = model.training_loss(batch, config.weight_decay)
+            if extension is not None:
+                loss = loss + extension.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
