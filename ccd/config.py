@@ -129,6 +129,9 @@ class TeacherConfig:
     lightgcn_layers: int = 2
     # Member j of a kind gets seed base_seed + j (the authors' BPR_0..4 naming).
     base_seed: int = 0
+    # Length of each user's top items and each item's top users kept from the ensemble
+    # (spec 2.2 uses top-40 lists and samples beyond them; 100 leaves room for both).
+    top_k: int = 100
 
 
 @dataclass(frozen=True)

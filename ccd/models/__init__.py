@@ -20,7 +20,7 @@ _MEMBER = re.compile(r"^(?P<kind>[a-z]+):(?P<dim>[0-9]+)(?:x(?P<count>[0-9]+))?$
 
 __all__ = [
     "MODELS", "Batch", "Recommender", "BPRConfig", "BPRMF", "LightGCN", "LightGCNConfig",
-    "MultVAE", "VAEConfig", "build_model", "model_config", "parse_members",
+    "MultVAE", "VAEConfig", "build_model", "kind_of", "model_config", "parse_members",
 ]
 
 
@@ -31,12 +31,17 @@ def model_config(kind: str, values: dict[str, Any]) -> Any:
     return MODELS[kind].Config(**values)
 
 
+def kind_of(config: Any) -> str:
+    """The model kind whose config class `config` is an instance of."""
+    for kind, cls in MODELS.items():
+        if type(config) is cls.Config:
+            return kind
+    raise BadInputError(f"no model kind has config type {type(config).__name__}")
+
+
 def build_model(config: Any, n_users: int, n_items: int) -> Recommender:
     """A freshly initialised model of the kind that `config`'s class belongs to."""
-    for cls in MODELS.values():
-        if type(config) is cls.Config:
-            return cls(config, n_users, n_items)
-    raise BadInputError(f"no model kind has config type {type(config).__name__}")
+    return MODELS[kind_of(config)](config, n_users, n_items)
 
 
 def parse_members(specs: list[str] | tuple[str, ...], lightgcn_layers: int = 2, base_seed: int = 0) -> list[tuple[str, Any]]:

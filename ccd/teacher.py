@@ -1,0 +1,153 @@
+"""Train the teacher system of one block: its members, then their ensemble's top-K lists.
+
+    report = train_teacher(Home.resolve(), block=0, config=RunConfig())
+
+Each member (`teacher.members`, e.g. 3 LightGCN + 2 BPR + 1 Mult-VAE) is trained by the one
+loop (`ccd.train.train`) with its own seed and saved under `models/block=K/teacher-<name>/`. A
+member already saved for the same block data, model config and train config is loaded instead
+of retrained, so a re-run after a crash only does the missing work. The ensemble
+(`ccd.ensemble.Ensemble`, mean of rank-transformed scores) is then evaluated and its top-K lists
+are written to `models/block=K/teacher/` (`user_topk.parquet`, `item_topk.parquet`,
+`teacher.json`) for distillation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ccd.atomic import write_text
+from ccd.config import RunConfig
+from ccd.data import BlockData
+from ccd.ensemble import Ensemble, write_topk
+from ccd.evaluate import rank_metrics
+from ccd.home import Home
+from ccd.lake.store import load_block_data
+from ccd.models import Recommender, build_model, io, kind_of, parse_members
+from ccd.train import Callback, pick_device, train, validate
+
+log = logging.getLogger(__name__)
+TEACHER = "teacher"
+
+
+def member_dir_name(name: str) -> str:
+    """Folder name of a member under `models/block=K/`, e.g. `teacher-lightgcn-0`."""
+    return f"{TEACHER}-{name}"
+
+
+def train_teacher(
+    home: Home,
+    block: int,
+    config: RunConfig,
+    retrain: bool = False,
+    progress: bool = True,
+    callback: Callback | None = None,
+) -> dict[str, Any]:
+    """Train (or reuse) every member of block `block`'s teacher, then build the ensemble.
+
+    Parameters
+    ----------
+    home : Home
+    block : int
+        An ingested block; its train split is learnt, valid selects, test is reported.
+    config : RunConfig
+        Sections `teacher` (members, layers, seeds, top-K) and `train` are used.
+    retrain : bool
+        Train every member even when a matching saved one exists.
+    progress : bool
+        tqdm bars on stderr.
+    callback : callable, optional
+        `callback(epoch, record)` of `ccd.train.train`; `record["member"]` names the member.
+
+    Returns
+    -------
+    dict
+        `{"block", "members": [per-member row], "ensemble": row, "topk": {...}}`; each row has
+        valid/test Recall@20 and NDCG@20, parameters, epochs and seconds per epoch.
+    """
+    data = load_block_data(home, block)
+    device = pick_device(config.train.device)
+    fingerprint = _fingerprint(data, config)
+    models: list[Recommender] = []
+    rows = []
+    members = parse_members(config.teacher.members, config.teacher.lightgcn_layers, config.teacher.base_seed)
+    for name, model_config in members:
+        folder = home.model_dir(block, member_dir_name(name))
+        saved = _matching(folder, model_config, fingerprint) if not retrain else None
+        if saved is not None:
+            model, row = io.load(folder, device), saved["metadata"]["report"]
+            row = {**row, "status": "reused"}
+        else:
+            model, row = _train_member(name, model_config, data, config, progress, callback)
+            io.save(model, folder, {"block": block, "fingerprint": fingerprint, "report": row, "run_config": config.to_dict()})
+        log.info("teacher member %s: %s", name, row)
+        models.append(model)
+        rows.append(row)
+
+    ensemble = Ensemble(models)
+    evaluate = lambda truth: rank_metrics(ensemble.score, truth, data.seen_train, data.n_items, ks=(20,), batch_users=config.train.eval_batch_users, device=device)
+    valid, test = evaluate(data.valid), evaluate(data.test)
+    out_dir = home.model_dir(block, TEACHER)
+    k = config.teacher.top_k
+    topk = write_topk(ensemble.score, data.n_users, data.n_items, data.seen_train, out_dir, k, k, config.train.eval_batch_users, device)
+    ensemble_row = {
+        "member": TEACHER,
+        "kind": "ensemble",
+        "params": sum(m.parameter_count() for m in models),
+        **_metrics(valid, test),
+    }
+    report = {"block": block, "members": rows, "ensemble": ensemble_row, "topk": {k: str(v) for k, v in topk.items()}}
+    write_text(out_dir / "teacher.json", json.dumps({**report, "member_dirs": [member_dir_name(n) for n, _ in members]}, indent=2) + "\n")
+    return report
+
+
+def _train_member(name: str, model_config: Any, data: BlockData, config: RunConfig, progress: bool, callback: Callback | None) -> tuple[Recommender, dict[str, Any]]:
+    model = build_model(model_config, data.n_users, data.n_items)
+    tagged = None if callback is None else (lambda epoch, record: callback(epoch, {**record, "member": name}))
+    result = train(model, data, config.train, callback=tagged, progress=progress)
+    test = validate(model, data, config.train.eval_batch_users, split="test")
+    row = {
+        "member": name,
+        "kind": model.kind,
+        "dim": model.dim,
+        "params": model.parameter_count(),
+        "status": "trained",
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs_run,
+        "s_per_epoch": round(result.seconds_per_epoch, 3),
+        **_metrics(result.best_metrics, test),
+    }
+    return model, row
+
+
+def _metrics(valid: dict[str, float], test: dict[str, float]) -> dict[str, float | None]:
+    return {f"{split}_{m}": scores.get(m) for split, scores in (("valid", valid), ("test", test)) for m in ("recall@20", "ndcg@20")}
+
+
+def _fingerprint(data: BlockData, config: RunConfig) -> str:
+    """Hash of everything a member's training depends on besides its own config."""
+    digest = hashlib.sha256()
+    for part in (data.train, data.valid, data.history):
+        digest.update(np.ascontiguousarray(part).tobytes())
+    digest.update(json.dumps([data.n_users, data.n_items, dataclasses.asdict(config.train)], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _matching(folder: Path, model_config: Any, fingerprint: str) -> dict[str, Any] | None:
+    """The saved member's metadata when it was trained on the same data and configs, else None."""
+    try:
+        meta = io.read_metadata(folder)
+    except io.ModelFileError:
+        return None
+    same = (
+        meta["kind"] == kind_of(model_config)
+        and meta["config"] == dataclasses.asdict(model_config)
+        and meta["metadata"].get("fingerprint") == fingerprint
+    )
+    return meta if same else None
