@@ -11,10 +11,10 @@ import argparse
 import logging
 import sys
 
-from ccd.cli import lake, models, sample, registry, stages
+from ccd.cli import lake, models, sample, registry
 from ccd.errors import CcdError
 
-COMMAND_MODULES = [lake, sample, registry, models, stages]
+COMMAND_MODULES = [lake, sample, registry, models]
 
 
 def build_parser() -> argparse.ArgumentParser:
