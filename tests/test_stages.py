@@ -1,0 +1,146 @@
+"""The stage ledger: skip done stages, record failures, resume, run keys, concurrency, CLI."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ccd import stages
+from ccd.cli import main
+from ccd.errors import BadInputError
+from ccd.lake.ingest import ingest_block
+from ccd.config import LakeConfig
+from tests.conftest import make_block
+
+
+class Counter:
+    """A stage function that counts its calls and can be told to fail."""
+
+    def __init__(self, outputs: dict | None = None, fail: bool = False) -> None:
+        self.calls, self.outputs, self.fail = 0, outputs or {}, fail
+
+    def __call__(self) -> dict:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("disk full")
+        return self.outputs
+
+
+def test_done_stage_is_skipped_and_returns_recorded_outputs(home):
+    fn = Counter({"path": Path("models/block=0/x"), "n": 3})
+    first = stages.run_stage(home, 0, "train", fn)
+    again = stages.run_stage(home, 0, "train", fn)
+    assert fn.calls == 1
+    assert first == again == {"path": "models/block=0/x", "n": 3}  # JSON round-trip: same on both paths
+    record = stages.get(home, 0, "train")
+    assert (record.status, record.attempts, record.error) == ("done", 1, None)
+    assert record.finished_at >= record.started_at
+    assert stages.is_done(home, 0, "train") and not stages.is_done(home, 1, "train")
+
+
+def test_failure_is_recorded_then_resume_runs_only_unfinished_stages(home):
+    ingest, teacher, distill = Counter({"rows": 10}), Counter(fail=True), Counter({"student": "s"})
+    pipeline = [("ingest", ingest), ("teacher", teacher), ("distill", distill)]
+
+    def run_all():
+        return [stages.run_stage(home, 2, name, fn) for name, fn in pipeline]
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_all()
+    failed = stages.get(home, 2, "teacher")
+    assert failed.status == "failed" and failed.error == "RuntimeError: disk full" and failed.finished_at
+    assert stages.get(home, 2, "distill") is None  # never started
+
+    teacher.fail, teacher.outputs = False, {"members": 3}
+    assert run_all() == [{"rows": 10}, {"members": 3}, {"student": "s"}]
+    assert (ingest.calls, teacher.calls, distill.calls) == (1, 2, 1)
+    assert stages.get(home, 2, "teacher").attempts == 2
+    assert stages.get(home, 2, "teacher").error is None
+    assert [r.status for r in stages.list_stages(home, block=2)] == ["done", "done", "done"]
+
+
+def test_a_stage_killed_midway_stays_running_and_is_run_again(home, monkeypatch):
+    class Killed(BaseException):
+        """Stands in for a SIGKILL: not an Exception, and nothing is recorded after it."""
+
+    def killed():
+        raise Killed
+
+    monkeypatch.setattr(stages, "_fail", lambda *args: None)  # a killed process records nothing more
+    with pytest.raises(Killed):
+        stages.run_stage(home, 0, "ingest", killed)
+    monkeypatch.undo()
+    assert stages.get(home, 0, "ingest").status == "running"
+    assert not stages.is_done(home, 0, "ingest")
+    assert stages.run_stage(home, 0, "ingest", Counter({"ok": True})) == {"ok": True}
+    assert stages.get(home, 0, "ingest").attempts == 2
+
+
+def test_run_keys_keep_earlier_results_and_force_reruns(home):
+    default, retrain = Counter({"v": 1}), Counter({"v": 2})
+    stages.run_stage(home, 1, "distill", default)
+    assert stages.run_stage(home, 1, "distill", retrain, run_key="retrain-1") == {"v": 2}
+    assert stages.get(home, 1, "distill").outputs == {"v": 1}
+    assert stages.done_outputs(home, 1, "distill", ("retrain-1", "default")) == {"v": 2}
+    assert stages.done_outputs(home, 1, "distill", ("retrain-9", "default")) == {"v": 1}
+    assert stages.done_outputs(home, 1, "teacher") is None
+    assert [r.run_key for r in stages.list_stages(home, run_key="retrain-1")] == ["retrain-1"]
+
+    default.outputs = {"v": 3}
+    assert stages.run_stage(home, 1, "distill", default, force=True) == {"v": 3}
+    assert default.calls == 2 and stages.get(home, 1, "distill").attempts == 2
+
+
+def test_bad_names_and_outputs_are_refused(home):
+    with pytest.raises(BadInputError, match="stage name"):
+        stages.run_stage(home, 0, "../x", Counter())
+    with pytest.raises(BadInputError, match="run key"):
+        stages.run_stage(home, 0, "ingest", Counter(), run_key="a/b")
+    with pytest.raises(ValueError, match="block"):
+        stages.run_stage(home, -1, "ingest", Counter())
+    with pytest.raises(TypeError, match="must return a dict"):
+        stages.run_stage(home, 0, "ingest", lambda: [1, 2])
+    assert stages.get(home, 0, "ingest").status == "failed"
+
+
+def test_concurrent_runs_of_one_stage_run_it_once(home):
+    calls = []
+
+    def slow():
+        calls.append(threading.get_ident())
+        time.sleep(0.3)
+        return {"by": len(calls)}
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(stages.run_stage(home, 0, "teacher", slow))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert results == [{"by": 1}, {"by": 1}]
+
+
+def test_ingest_as_a_stage_records_the_ingest_result(home, tmp_path):
+    path = tmp_path / "block_0.csv"
+    make_block().to_csv(path, index=False)
+    outputs = stages.run_stage(home, 0, "ingest", lambda: ingest_block(home, path, 0, LakeConfig()))
+    assert outputs["status"] == "ingested" and outputs["record"]["rows"] == 240
+    assert outputs["validation"]["status"] == "passed"
+
+
+def test_cli_lists_the_ledger(home, capsys):
+    stages.run_stage(home, 0, "ingest", Counter({"rows": 5}))
+    with pytest.raises(RuntimeError):
+        stages.run_stage(home, 1, "ingest", Counter(fail=True))
+    assert main(["stages", "--home", str(home.root), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert [(r["block"], r["stage"], r["status"]) for r in payload["stages"]] == [(0, "ingest", "done"), (1, "ingest", "failed")]
+    assert payload["stages"][1]["error"] == "RuntimeError: disk full"
+    assert main(["stages", "--home", str(home.root), "--block", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "failed" in text and "RuntimeError: disk full" in text and "done" not in text
