@@ -11,10 +11,10 @@ import argparse
 import logging
 import sys
 
-from ccd.cli import lake, models, sample, registry
+from ccd.cli import lake, models, sample, registry, stages
 from ccd.errors import CcdError
 
-COMMAND_MODULES = [lake, sample, registry, models]
+COMMAND_MODULES = [lake, sample, registry, models, stages]
 
 
 def build_parser() -> argparse.ArgumentParser:
