@@ -5,8 +5,8 @@ the user's file (the README's "Validation" section has the table of checks):
 
 - ids (`user_id`, `item_id`) must be integers (any integer dtype) or strings. A float column
   (ids with missing values, or ids that lost precision) and an object column mixing ints and
-  strings are rejected rather than coerced: whether `1` and `"1"` are one id or two should be
-  the user's decision, not a silent guess;
+  strings are rejected rather than coerced: both usually mean a broken export, and coercing
+  would hide it;
 - `timestamp` (optional) is integer unix seconds, a datetime (naive means UTC) or a date string
   pandas can parse; `split` (optional) is one of train / valid / test;
 - duplicate (user_id, item_id) pairs and timestamps older than earlier blocks follow the
