@@ -246,3 +246,13 @@ def test_sample_loo_candidates_is_uniform_over_unseen_items():
 def test_sample_loo_candidates_rejects_impossible_requests():
     with pytest.raises(ValueError, match="fewer than"):
         sample_loo_candidates(5, np.array([0]), np.array([0]), np.array([[0, 1], [0, 2]]), n=3)
+
+
+def test_loo_pair_score_fn_gives_the_same_metrics():
+    rng = np.random.default_rng(7)
+    scores = torch.as_tensor(rng.standard_normal((6, 20)))
+    heldout = np.stack([np.arange(6), rng.integers(0, 20, 6)], 1)
+    candidates = rng.integers(0, 20, (6, 5))
+    full = loo_metrics(_table(scores), heldout, candidates, batch_users=4)
+    pairs = loo_metrics(None, heldout, candidates, batch_users=4, pair_score_fn=lambda u, i: scores[u[:, None], i])
+    assert full == pairs
