@@ -26,6 +26,7 @@ from ccd.atomic import write_text
 from ccd.config import RunConfig
 from ccd.data import BlockData
 from ccd.ensemble import Ensemble, write_topk
+from ccd.errors import BadInputError
 from ccd.evaluate import rank_metrics
 from ccd.home import Home
 from ccd.lake.store import load_block_data
@@ -78,15 +79,7 @@ def train_teacher(
     rows = []
     members = parse_members(config.teacher.members, config.teacher.lightgcn_layers, config.teacher.base_seed)
     for name, model_config in members:
-        folder = home.model_dir(block, member_dir_name(name))
-        saved = _matching(folder, model_config, fingerprint) if not retrain else None
-        if saved is not None:
-            model, row = io.load(folder, device), saved["metadata"]["report"]
-            row = {**row, "status": "reused"}
-        else:
-            model, row = _train_member(name, model_config, data, config, progress, callback)
-            io.save(model, folder, {"block": block, "fingerprint": fingerprint, "report": row, "run_config": config.to_dict()})
-        log.info("teacher member %s: %s", name, row)
+        model, row = _fit_or_load(home, block, name, model_config, data, fingerprint, config, retrain, progress, callback, device)
         models.append(model)
         rows.append(row)
 
@@ -105,6 +98,46 @@ def train_teacher(
     report = {"block": block, "members": rows, "ensemble": ensemble_row, "topk": {k: str(v) for k, v in topk.items()}}
     write_text(out_dir / "teacher.json", json.dumps({**report, "member_dirs": [member_dir_name(n) for n, _ in members]}, indent=2) + "\n")
     return report
+
+
+def train_member(
+    home: Home,
+    block: int,
+    name: str,
+    config: RunConfig,
+    retrain: bool = False,
+    progress: bool = True,
+    callback: Callback | None = None,
+) -> dict[str, Any]:
+    """Train (or reuse) the one member `name` (e.g. "lightgcn-1") of block `block`'s teacher.
+
+    Members are independent, so the flows train each as its own task (in parallel, on GPU
+    workers); `train_teacher` afterwards finds them all saved and only builds the ensemble.
+    Same parameters as `train_teacher`; returns the member's report row.
+    """
+    members = dict(parse_members(config.teacher.members, config.teacher.lightgcn_layers, config.teacher.base_seed))
+    if name not in members:
+        raise BadInputError(f"no teacher member {name!r} in teacher.members (members: {', '.join(members)})")
+    data = load_block_data(home, block)
+    device = pick_device(config.train.device)
+    _, row = _fit_or_load(home, block, name, members[name], data, _fingerprint(data, config), config, retrain, progress, callback, device)
+    return row
+
+
+def _fit_or_load(
+    home: Home, block: int, name: str, model_config: Any, data: BlockData, fingerprint: str, config: RunConfig,
+    retrain: bool, progress: bool, callback: Callback | None, device: Any,
+) -> tuple[Recommender, dict[str, Any]]:
+    """The member saved for the same data and configs, else a freshly trained and saved one."""
+    folder = home.model_dir(block, member_dir_name(name))
+    saved = _matching(folder, model_config, fingerprint) if not retrain else None
+    if saved is not None:
+        model, row = io.load(folder, device), {**saved["metadata"]["report"], "status": "reused"}
+    else:
+        model, row = _train_member(name, model_config, data, config, progress, callback)
+        io.save(model, folder, {"block": block, "fingerprint": fingerprint, "report": row, "run_config": config.to_dict()})
+    log.info("teacher member %s: %s", name, row)
+    return model, row
 
 
 def _train_member(name: str, model_config: Any, data: BlockData, config: RunConfig, progress: bool, callback: Callback | None) -> tuple[Recommender, dict[str, Any]]:
