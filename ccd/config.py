@@ -180,6 +180,25 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class ServingConfig:
+    """`ccd serve` / `ccd recommend`: the registry's production student behind a small HTTP API."""
+
+    # Largest k one request may ask for: bounds a request's work and response size.
+    max_k: int = 100
+    # Recall@20 is what models are selected and gated on, so 20 is the list they are good at.
+    default_k: int = 20
+    # Seconds between checks of the registry's `production` alias. A check opens the registry
+    # (about 0.1 s of DuckDB connect, in a background thread), so a few seconds costs nothing
+    # while a promotion still goes live almost at once.
+    refresh_seconds: float = 2.0
+    # Loopback: the API has no authentication, so exposing it must be an explicit choice.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # "auto": CUDA when available, else CPU; or an explicit torch device such as "cpu".
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """All settings of a run, one section per stage."""
 
@@ -189,6 +208,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
