@@ -74,18 +74,41 @@ def _pair_codes(pairs: np.ndarray, n_items: int) -> np.ndarray:
     return pairs[:, 0] * np.int64(n_items) + pairs[:, 1]
 
 
+def _as_pairs(pairs: np.ndarray, n_items: int, name: str) -> np.ndarray:
+    """`pairs` as an (N, 2) int64 array whose items lie in [0, n_items) (codes stay unique)."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if len(pairs) and (pairs.min() < 0 or pairs[:, 1].max() >= n_items):
+        raise ValueError(f"{name} has negative ids or items outside [0, n_items={n_items})")
+    return pairs
+
+
 def drop_seen_truth(truth: np.ndarray, exclude: np.ndarray, n_items: int) -> np.ndarray:
     """Remove from `truth` (T, 2) every (user, item) pair that is also in `exclude` (E, 2).
 
     Why: an excluded item can never be ranked, so keeping it in the truth would count a
     guaranteed miss. A user whose truth becomes empty is then simply not evaluated. Repeated
-    truth pairs are counted once.
+    truth pairs are counted once; the result is sorted by (user, item).
     """
-    truth = np.unique(np.asarray(truth, dtype=np.int64).reshape(-1, 2), axis=0)
-    exclude = np.asarray(exclude, dtype=np.int64).reshape(-1, 2)
-    if len(exclude) == 0:
-        return truth
-    return truth[~np.isin(_pair_codes(truth, n_items), _pair_codes(exclude, n_items))]
+    codes = np.unique(_pair_codes(_as_pairs(truth, n_items, "truth"), n_items))  # sorted
+    seen = np.sort(_pair_codes(_as_pairs(exclude, n_items, "exclude"), n_items))
+    if len(seen):
+        found = seen[np.searchsorted(seen, codes).clip(max=len(seen) - 1)]
+        codes = codes[found != codes]
+    return np.stack([codes // n_items, codes % n_items], 1)
+
+
+def _group(pairs: np.ndarray, users: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs of `users` (sorted, unique) laid out so that each chunk of users is a slice.
+
+    Returns `pos` (M,) the index in `users` of each kept pair, `items` (M,), both sorted by
+    (pos, item), and `ptr` (len(users) + 1,): user `users[j]` owns `[ptr[j], ptr[j + 1])`.
+    Pairs of users not in `users` are dropped.
+    """
+    pos = np.searchsorted(users, pairs[:, 0]).clip(max=len(users) - 1)
+    keep = users[pos] == pairs[:, 0]
+    codes = np.sort(pos[keep] * np.int64(n_items) + pairs[keep, 1])
+    pos, items = codes // n_items, codes % n_items
+    return pos, items, np.searchsorted(pos, np.arange(len(users) + 1))
 
 
 def _discounts(k: int, device: torch.device) -> torch.Tensor:
@@ -148,31 +171,34 @@ def rank_metrics(
     names = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
     if len(users) == 0:
         return {**{name: 0.0 for name in names}, "users": 0}
-    n_users = int(max(users.max(), np.asarray(exclude).reshape(-1, 2)[:, 0].max(initial=-1))) + 1
-    seen = UserItemCSR.from_pairs(exclude, n_users)
-    wanted = UserItemCSR.from_pairs(truth, n_users)
+    # Built once: every chunk's excluded and truth pairs are then plain slices.
+    seen_pos, seen_items, seen_ptr = _group(_as_pairs(exclude, n_items, "exclude"), users, n_items)
+    truth_pos, truth_items, truth_ptr = _group(truth, users, n_items)
     k_max = min(max(ks), n_items)
-    discounts = None
     per_user: dict[str, list[torch.Tensor]] = {name: [] for name in names}  # (B,) per chunk
+    dev = None
     for start in range(0, len(users), batch_users):
-        chunk = torch.as_tensor(users[start : start + batch_users], device=device)
-        scores = score_fn(chunk)  # (B, n_items); overwritten in place below
-        dev = scores.device
-        if discounts is None:  # first chunk: move the indexes to where the scores live
-            seen, wanted = seen.to(dev), wanted.to(dev)
+        end = min(start + batch_users, len(users))
+        scores = score_fn(torch.as_tensor(users[start:end], device=device))  # (B, n_items), overwritten
+        if dev is None:  # first chunk: move the indexes to where the scores live
+            dev = scores.device
+            seen_pos, seen_items, truth_pos, truth_items = (
+                torch.as_tensor(a, device=dev) for a in (seen_pos, seen_items, truth_pos, truth_items)
+            )
+            n_truth_all = torch.as_tensor(np.diff(truth_ptr), device=dev, dtype=torch.float64)  # (U,)
             discounts = _discounts(k_max, dev)
             ideal = torch.cumsum(discounts, 0)  # ideal[j] = IDCG with j + 1 relevant items
-        rows, items = seen.gather(chunk)
-        scores[rows, items] = float("-inf")
+        part = slice(seen_ptr[start], seen_ptr[end])
+        scores[seen_pos[part] - start, seen_items[part]] = float("-inf")
         top = torch.topk(scores, k_max, dim=1).indices  # (B, k_max)
-        # Hits by binary search of (row, item) codes in the chunk's sorted truth codes: no
-        # second (B, n_items) matrix.
-        rows, items = wanted.gather(chunk)
-        truth_codes = torch.sort(rows * n_items + items).values  # (M,), M >= B
-        query = torch.arange(len(chunk), device=dev)[:, None] * n_items + top  # (B, k_max)
+        # Hits by binary search of (row, item) codes in the chunk's truth codes, sorted by
+        # construction: no second (B, n_items) matrix.
+        part = slice(truth_ptr[start], truth_ptr[end])
+        truth_codes = (truth_pos[part] - start) * n_items + truth_items[part]  # (M,), M >= B
+        query = torch.arange(end - start, device=dev)[:, None] * n_items + top  # (B, k_max)
         found = torch.searchsorted(truth_codes, query).clamp_(max=len(truth_codes) - 1)
         hits = (truth_codes[found] == query).double()  # (B, k_max)
-        n_truth = torch.bincount(rows, minlength=len(chunk)).double()  # (B,)
+        n_truth = n_truth_all[start:end]  # (B,)
         for k in ks:
             kk = min(k, k_max)
             per_user[f"recall@{k}"].append((hits[:, :kk].sum(1) / n_truth).cpu())
