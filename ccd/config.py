@@ -199,6 +199,65 @@ class ServingConfig:
 
 
 @dataclass(frozen=True)
+class ContinualConfig:
+    """CCD's loop over a stream of blocks and its baselines (`ccd stream`, `ccd.continual`)."""
+
+    # Updates start from trained models, so they run a short budget selected on the block's
+    # valid Recall@20: the authors' 10 epochs, Adam lr 1e-3, batches of 2048 (spec 2.3d, 2.4).
+    update_epochs: int = 10
+    update_lr: float = 1e-3
+    update_batch_size: int = 2048
+    # New ids start from their neighbours (spec 2.3b), K two-hop candidates; "random" is N(0, .01^2).
+    init: Literal["neighbour", "random"] = "neighbour"
+    init_k: int = 20
+    # Proxy EMA weights on the *old* proxy (spec 2.3a); run.sh uses sw 0.9-1.0 and pw 0-0.1.
+    stability_weight: float = 0.9
+    plasticity_weight: float = 0.1
+    # Student replay (spec 2.3c): items drawn per old user from the top ranks of S and P.
+    student_top: int = 50
+    student_stability_samples: int = 3
+    student_plasticity_samples: int = 3
+    # Teacher replay (spec 2.4): per old user from S, P and the updated student CL_k, the values
+    # run.sh uses most often.
+    teacher_top: int = 100
+    teacher_stability_samples: int = 1
+    teacher_plasticity_samples: int = 3
+    teacher_student_samples: int = 5
+    # Sharpness of the rank-disagreement weight exp(eps * (rank_ref - rank_proxy)) (spec 2.3c).
+    replay_eps: float = 1e-4
+    # Replay loss weight 0.5 * exp(-epoch / T), relative to a summed BPR loss: the student anneals
+    # with T = 10, the teacher with T = 5 (the authors reuse another flag for it, B12).
+    replay_weight: float = 0.5
+    student_replay_temperature: float = 10.0
+    teacher_replay_temperature: float = 5.0
+    # Epochs between redraws of the replay set (spec: redrawn at epoch 5); the teacher's
+    # reference ranks are its current state at each redraw.
+    replay_resample_every: int = 5
+    # Each old user's top items under the previous models and proxies are never BPR negatives
+    # (the spec's exclusion lists), so BPR does not push down what replay pulls up. 0: off.
+    exclude_top: int = 40
+    # LWC-KD (spec 2.4): weight of UI+IU+UU+II against the loop's mean BPR loss (the spec does
+    # not say whether its BPR is summed; against a sum of 2048 terms 0.01 would vanish),
+    # softmax temperature, and neighbours per entity in the user-user / item-item graphs.
+    lwckd_weight: float = 0.01
+    lwckd_tau: float = 5.0
+    graph_degree: int = 10
+    # Anchors per term and batch: each term holds an (anchors, candidates) softmax, so this caps
+    # memory on large blocks whatever the batch size.
+    lwckd_anchors: int = 256
+    # Personalised imitation weights (B7 fixed, `ccd.continual.lwckd.imitation_weights`): a user
+    # whose new items sit far from its old taste imitates its old self less; weights
+    # exp(-shift / T), shift = 1 - cosine in [0, 2], so at T = 0.5 they span a factor e^4.
+    piw: bool = True
+    piw_temperature: float = 0.5
+    # Stage 4 KD (spec 2.2): RRD and IR-RRD weights relative to a summed BPR loss (0.01 each).
+    kd_lambda_rrd: float = 0.01
+    kd_lambda_ir: float = 0.01
+    # Whether block 0 counts in LA and RA (the `with_base_block` switch of the CCD author's code).
+    with_base_block: bool = True
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """All settings of a run, one section per stage."""
 
@@ -209,6 +268,7 @@ class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
