@@ -10,6 +10,7 @@ from ccd.errors import BadInputError
 from ccd.evaluate import UserItemCSR
 from ccd.models import MODELS, BPRConfig, BPRMF, LightGCN, LightGCNConfig, MultVAE, VAEConfig, build_model, parse_members
 from ccd.models import init as model_init
+from ccd.models.lightgcn import SymmetricSpmm
 from ccd.models import io as model_io
 from planted import planted_block
 
@@ -233,3 +234,17 @@ def test_models_are_seeded():
             assert torch.equal(x, y), name
     assert isinstance(build_model(CONFIGS[0], 3, 3), BPRMF) and isinstance(build_model(CONFIGS[1], 3, 3), LightGCN)
     assert isinstance(build_model(CONFIGS[2], 3, 3), MultVAE)
+
+
+def test_lightgcn_gradient_matches_dense_formula():
+    data = planted_block(n_users=12, n_items=8, groups=2, per_user=4)
+    graph = LightGCN(LightGCNConfig(dim=3), data.n_users, data.n_items)
+    graph.set_interactions(data.train)
+    dense = graph.graph.to_dense().double()
+    x = torch.randn(len(dense), 3, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(len(dense), 3, dtype=torch.float64)
+    out = SymmetricSpmm.apply(graph.graph.double(), x)
+    (out * weights).sum().backward()
+    assert torch.allclose(out, dense @ x.detach())
+    assert torch.allclose(x.grad, dense.T @ weights)  # the backward reuses the graph: it is symmetric
+    assert torch.equal(dense, dense.T)

@@ -62,7 +62,9 @@ class Recommender(nn.Module, ABC):
     batch_kind : {"pairs", "users"}
         How the training loop batches data for `training_loss`.
     uses_interactions : bool
-        Whether scores depend on the pairs given to `set_interactions`.
+        Whether scores depend on the pairs given to `set_interactions` (LightGCN's graph,
+        Mult-VAE's input rows); such models save the pairs beside their weights, so a loaded
+        model scores exactly as it did.
     config : frozen dataclass
         The model's hyperparameters (dim, seed, ...), saved with it.
     n_users, n_items : int
@@ -71,8 +73,6 @@ class Recommender(nn.Module, ABC):
 
     kind: ClassVar[str]
     batch_kind: ClassVar[Literal["pairs", "users"]] = "pairs"
-    # Whether scores depend on `interactions` (LightGCN's graph, Mult-VAE's input rows); such
-    # models save them beside their weights so a loaded model scores exactly as it did.
     uses_interactions: ClassVar[bool] = True
 
     def __init__(self, config, n_users: int, n_items: int) -> None:

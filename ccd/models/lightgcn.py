@@ -10,6 +10,7 @@ training pairs only, so an entity inactive in the block keeps e^0 / (L + 1) (spe
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +27,11 @@ class LightGCNConfig:
 
 
 def normalized_adjacency(pairs: np.ndarray, n_users: int, n_items: int, device: torch.device) -> torch.Tensor:
-    """D^-1/2 A D^-1/2 of the bipartite graph of unique `pairs` (N, 2), as a sparse
-    (n_users + n_items) square matrix; item j is node n_users + j, isolated nodes get zero rows."""
+    """D^-1/2 A D^-1/2 of the bipartite graph of unique `pairs` (N, 2), as a sparse CSR
+    (n_users + n_items) square matrix; item j is node n_users + j, isolated nodes get zero rows.
+
+    CSR because its sparse x dense product is several times faster than COO's on CPU.
+    """
     pairs = torch.as_tensor(pairs, device=device)
     users, items = pairs[:, 0], pairs[:, 1] + n_users
     rows, cols = torch.cat([users, items]), torch.cat([items, users])  # (2N,): both directions
@@ -35,7 +39,27 @@ def normalized_adjacency(pairs: np.ndarray, n_users: int, n_items: int, device: 
     degree = torch.bincount(rows, minlength=n).float()  # (n,)
     inv_sqrt = torch.where(degree > 0, degree.rsqrt(), torch.zeros_like(degree))
     values = inv_sqrt[rows] * inv_sqrt[cols]
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n), check_invariants=True).coalesce()
+    coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n), check_invariants=True).coalesce()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return coo.to_sparse_csr()
+
+
+class SymmetricSpmm(torch.autograd.Function):
+    """graph @ x for a symmetric sparse `graph`, differentiable in x.
+
+    The gradient graph^T @ g equals graph @ g, so the backward reuses the same CSR matrix;
+    torch's generic backward would transpose and re-sort the graph at every step.
+    """
+
+    @staticmethod
+    def forward(ctx, graph: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.graph = graph
+        return torch.sparse.mm(graph, x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, torch.sparse.mm(ctx.graph, grad)
 
 
 class LightGCN(BPRMF):
@@ -79,7 +103,7 @@ class LightGCN(BPRMF):
         layer = torch.cat([self.user_emb, self.item_emb])  # e^0: (n_users + n_items, d)
         total = layer
         for _ in range(self.config.layers):
-            layer = torch.sparse.mm(self.graph, layer)  # e^{l+1} = D^-1/2 A D^-1/2 e^l
+            layer = SymmetricSpmm.apply(self.graph, layer)  # e^{l+1} = D^-1/2 A D^-1/2 e^l
             total = total + layer
         final = total / (self.config.layers + 1)
         result = (final[: self.n_users], final[self.n_users :])
