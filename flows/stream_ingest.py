@@ -1,0 +1,90 @@
+"""`stream-ingest`: process the new block files of a landing folder, in block order.
+
+    python -m flows.stream_ingest data/landing --home .ccd
+
+Deployed with an interval schedule (`prefect.yaml`): every run looks at the landing folder, and
+each block whose pipeline has not finished gets one `process-block` run, oldest first.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from ccd import atomic, stages
+from ccd.errors import ValidationFailedError
+from ccd.home import Home
+from ccd.lake import catalog
+from ccd.lake.ingest import block_files
+from flows.process_block import PIPELINE, check_until, process_block
+from flows.options import add_config_options, config_parameter
+from flows.runners import task_runner
+from flows.tasks import IO_RETRIES, IO_RETRY_DELAYS, transient
+
+
+@task(name="find-new-blocks", cache_policy=NO_CACHE, retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, retry_condition_fn=transient)
+def find_new_blocks(home: Home, landing_folder: Path, until: str) -> list[tuple[int, Path]]:
+    """Block files of the landing folder whose stage `until` is not done yet, in block order."""
+    return [(block, path) for block, path in block_files(landing_folder) if not stages.is_done(home, block, until)]
+
+
+@task(name="earlier-rejection", task_run_name="earlier rejection of block {block}", cache_policy=NO_CACHE,
+      retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, retry_condition_fn=transient)
+def earlier_rejection(home: Home, block: int, path: Path) -> str | None:
+    """The quarantine report of this very file if block `block`'s latest verdict rejected it, else None.
+
+    A scheduled stream would otherwise validate (and quarantine) the same bad file on every run.
+    """
+    verdicts = catalog.list_validations(home, block)
+    if verdicts and verdicts[-1]["status"] == "rejected" and verdicts[-1]["content_hash"] == atomic.sha256_file(path):
+        return str(home.root / verdicts[-1]["report_path"])
+    return None
+
+
+@flow(name="stream-ingest", log_prints=True)
+def stream_ingest(
+    landing_folder: str,
+    home: str | None = None,
+    config: dict[str, Any] | None = None,
+    until: str = PIPELINE[-1],
+    runner: str = "threads",
+) -> list[int]:
+    """Run every new block of `landing_folder` through `process-block`, oldest first.
+
+    A block is new until its stage `until` is done. A rejected block stops the stream: the run
+    fails naming the quarantine report, and later blocks wait. The same rejected file is not
+    validated again by later runs; replace it (or fix the lake policy and run `process-block`
+    by hand) to go on. Returns the blocks processed.
+    """
+    check_until(until)
+    where = Home.resolve(home)
+    run_block = process_block.with_options(task_runner=task_runner(runner))
+    new = find_new_blocks(where, Path(landing_folder), until)
+    print(f"{len(new)} new block(s) in {landing_folder}: {[block for block, _ in new]}")
+    for block, path in new:
+        report = earlier_rejection(where, block, path)
+        if report is not None:
+            raise ValidationFailedError(
+                f"block {block} ({path}) was rejected before and has not changed; later blocks wait. "
+                f"Report: {report}. Replace the file to go on."
+            )
+        run_block(str(path), block, str(where.root), config, until)
+    return [block for block, _ in new]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=stream_ingest.__doc__.splitlines()[0])
+    parser.add_argument("landing_folder")
+    parser.add_argument("--until", default=PIPELINE[-1], choices=PIPELINE)
+    parser.add_argument("--runner", default="threads", help="threads, dask, or a Dask scheduler address")
+    add_config_options(parser)
+    args = parser.parse_args()
+    stream_ingest(args.landing_folder, args.home, config_parameter(args), args.until, args.runner)
+
+
+if __name__ == "__main__":
+    main()
