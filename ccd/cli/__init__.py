@@ -11,10 +11,10 @@ import argparse
 import logging
 import sys
 
-from ccd.cli import lake, models, sample, registry, stages
+from ccd.cli import lake, models, sample, registry, serve, stages
 from ccd.errors import CcdError
 
-COMMAND_MODULES = [lake, sample, registry, models, stages]
+COMMAND_MODULES = [lake, sample, registry, models, stages, serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
