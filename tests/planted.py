@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 
 from ccd.data import BlockData
 
@@ -25,3 +27,13 @@ def planted_block(n_users: int = 120, n_items: int = 60, groups: int = 4, per_us
         rows += [(u, int(i), s) for i, s in zip(items, splits)]
     frame = pd.DataFrame(rows, columns=["user", "item", "split"])
     return BlockData.from_frame(frame, block=0, n_users=n_users, n_items=n_items)
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test with one torch thread: tiny tensors gain nothing from more, and on a busy
+    2-core machine idle OpenMP threads spin and slow every small op down several times."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,7 +12,9 @@ from ccd.models import MODELS, BPRConfig, BPRMF, LightGCN, LightGCNConfig, MultV
 from ccd.models import init as model_init
 from ccd.models.lightgcn import SymmetricSpmm
 from ccd.models import io as model_io
-from planted import planted_block
+from planted import planted_block, single_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 CONFIGS = [BPRConfig(dim=8, seed=1), LightGCNConfig(dim=8, layers=2, seed=1), VAEConfig(dim=8, hidden=16, seed=1)]
 IDS = [type(c).__name__ for c in CONFIGS]

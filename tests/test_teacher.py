@@ -14,7 +14,9 @@ from ccd.config import LakeConfig
 from ccd.ensemble import read_topk
 from ccd.lake.ingest import ingest_block
 from ccd.models import io as model_io
-from planted import planted_block
+from planted import planted_block, single_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 MEMBERS = "bpr:8x2,lightgcn:8,vae:8"
 

@@ -13,7 +13,9 @@ from ccd.errors import TrainingError
 from ccd.evaluate import rank_metrics
 from ccd.models import BPRConfig, LightGCNConfig, VAEConfig, build_model
 from ccd.train import NegativeSampler, train, validate
-from planted import planted_block
+from planted import planted_block, single_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 FAST = TrainConfig(lr=0.02, batch_size=256, user_batch_size=32, max_epochs=25, eval_every=1, patience=4, device="cpu")
 CONFIGS = [BPRConfig(dim=16, seed=3), LightGCNConfig(dim=16, layers=2, seed=3), VAEConfig(dim=16, hidden=32, seed=3)]
