@@ -87,17 +87,22 @@ class LightGCN(BPRMF):
     def set_interactions(self, pairs: np.ndarray) -> None:
         super().set_interactions(pairs)
         self.graph = normalized_adjacency(self.interactions, self.n_users, self.n_items, self.device)
+        self._cache = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None  # .to(), .cuda(), .double() ... make new tables
+        return super()._apply(fn, *args, **kwargs)
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Propagated (users (n_users, d), items (n_items, d)), the mean of layers 0..L.
 
         Without autograd (evaluation) the result is cached until the tables change: the key
-        holds each table's storage and in-place version counter, which every optimiser step,
-        `load_state_dict`, `grow` and device move changes.
+        holds each table's storage and in-place version counter, which every optimiser step
+        and `load_state_dict` bumps; `set_interactions`, `grow` and device moves drop it.
         """
-        if self.graph.device != self.device:
-            self.graph = self.graph.to(self.device)
-        key = (self.user_emb.data_ptr(), self.user_emb._version, self.item_emb.data_ptr(), self.item_emb._version, id(self.graph))
+        if self.graph.device != self.device or self.graph.dtype != self.user_emb.dtype:
+            self.graph = self.graph.to(self.device, self.user_emb.dtype)
+        key = (self.user_emb.data_ptr(), self.user_emb._version, self.item_emb.data_ptr(), self.item_emb._version)
         if not torch.is_grad_enabled() and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         layer = torch.cat([self.user_emb, self.item_emb])  # e^0: (n_users + n_items, d)
