@@ -1,0 +1,101 @@
+"""The flows' pieces without a Prefect server: task bodies through `.fn()`, retry rule, options."""
+
+from __future__ import annotations
+
+import argparse
+from types import SimpleNamespace
+
+import duckdb
+import pytest
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
+
+from ccd import stages
+from ccd.config import LakeConfig
+from ccd.errors import BadInputError, BlockOrderError, ValidationFailedError
+from ccd.lake import catalog
+from ccd.lake.ingest import ingest_block
+from ccd.locking import LockTimeoutError
+from flows.options import add_config_options, config_parameter
+from flows.process_block import check_until
+from flows.retrain import retrain
+from flows.runners import task_runner
+from flows.stream_ingest import earlier_rejection, find_new_blocks
+from flows.tasks import artifact_key, ingest, transient
+from tests.conftest import make_block
+
+
+@pytest.mark.parametrize("error, retry", [
+    (OSError("stale NFS handle"), True),
+    (TimeoutError("read timed out"), True),
+    (duckdb.IOException("could not set lock"), True),
+    (LockTimeoutError("lock 'catalog' busy"), True),
+    (ValidationFailedError("block 1 rejected"), False),
+    (BlockOrderError("block 3 is out of order"), False),
+    (ValueError("a bug"), False),
+])
+def test_only_transient_errors_are_retried(error, retry):
+    assert transient(None, None, SimpleNamespace(data=error)) is retry
+
+
+def test_artifact_keys_are_lowercase_dashes():
+    assert artifact_key("validation-block", 3) == "validation-block-3"
+    assert artifact_key("progress-teacher", "LightGCN_0", "block", 12) == "progress-teacher-lightgcn-0-block-12"
+
+
+def test_config_parameter_keeps_only_what_differs_and_rejects_typos():
+    parser = argparse.ArgumentParser()
+    add_config_options(parser)
+    args = parser.parse_args(["--set", "train.lr=0.01", "--set", 'teacher.members=["bpr:8x2"]', "--set", "train.device=auto"])
+    assert config_parameter(args) == {"train": {"lr": 0.01}, "teacher": {"members": ("bpr:8x2",)}}
+    with pytest.raises(BadInputError, match="unknown config key"):
+        config_parameter(parser.parse_args(["--set", "train.learning_rate=0.01"]))
+
+
+def test_task_runner_choices():
+    assert isinstance(task_runner("threads"), ThreadPoolTaskRunner)
+    assert isinstance(task_runner("dask"), DaskTaskRunner)
+    assert task_runner("tcp://10.0.0.5:8786").address == "tcp://10.0.0.5:8786"
+    with pytest.raises(BadInputError, match="unknown task runner"):
+        task_runner("gpu")
+
+
+def test_unknown_stages_are_refused_before_anything_runs(home):
+    with pytest.raises(BadInputError, match="the pipeline is ingest"):
+        check_until("distil")
+    with pytest.raises(BadInputError, match="cannot retrain stage"):
+        retrain.fn(0, ["ingest"], home=str(home.root))
+
+
+def test_ingest_task_records_the_stage_and_skips_it_when_done(home, tmp_path):
+    path = tmp_path / "block_0.csv"
+    make_block().to_csv(path, index=False)
+    first = ingest.fn(home, path, 0, LakeConfig())
+    assert first["status"] == "ingested"
+    path.unlink()  # a resumed run does not even need the file of a finished stage
+    assert ingest.fn(home, path, 0, LakeConfig()) == first
+    assert stages.get(home, 0, "ingest").attempts == 1
+
+
+def test_find_new_blocks_skips_blocks_whose_stage_is_done(home, tmp_path):
+    for k in range(3):
+        make_block(block=k, seed=k).to_csv(tmp_path / f"block_{k}.csv", index=False)
+    stages.run_stage(home, 0, "ingest", lambda: ingest_block(home, tmp_path / "block_0.csv", 0, LakeConfig()))
+    assert find_new_blocks.fn(home, tmp_path, "ingest") == [(1, tmp_path / "block_1.csv"), (2, tmp_path / "block_2.csv")]
+    assert [k for k, _ in find_new_blocks.fn(home, tmp_path, "teacher")] == [0, 1, 2]
+
+
+def test_earlier_rejection_names_the_report_of_the_same_file_only(home, tmp_path):
+    bad = make_block().astype({"user_id": object})
+    bad.loc[0, "user_id"] = None
+    path = tmp_path / "block_0.csv"
+    bad.to_csv(path, index=False)
+    assert earlier_rejection.fn(home, 0, path) is None
+    with pytest.raises(ValidationFailedError):
+        ingest_block(home, path, 0, LakeConfig())
+    report = earlier_rejection.fn(home, 0, path)
+    assert report is not None and "quarantine" in report and report.endswith("report.md")
+    make_block(seed=3).to_csv(path, index=False)  # replaced: validate it again
+    assert earlier_rejection.fn(home, 0, path) is None
+    ingest_block(home, path, 0, LakeConfig())
+    assert catalog.list_validations(home, 0)[-1]["status"] != "rejected"
