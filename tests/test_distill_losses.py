@@ -126,15 +126,16 @@ def test_gumbel_softmax_selects_by_probability():
     assert share.tolist() == pytest.approx([0.7, 0.2, 0.1], abs=0.015)
 
 
-def test_distillation_experts_shapes_and_direct_formula():
+@pytest.mark.parametrize("tau", [0.5, 0.01])  # soft: every expert used; sharp: near one-hot, pairs skipped
+def test_distillation_experts_shapes_and_direct_formula(tau):
     de = DistillationExperts(3, 5, n_experts=4, generator=torch.Generator().manual_seed(0))
     assert (de.w1.shape, de.w2.shape, de.select.out_features) == ((4, 3, 4), (4, 4, 5), 4)
     student = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
     teacher = torch.randn(6, 5, generator=torch.Generator().manual_seed(2))
-    loss = de(student, teacher, 0.5, torch.Generator().manual_seed(9))
+    loss = de(student, teacher, tau, torch.Generator().manual_seed(9))
     assert loss.shape == (6,)
     # Direct: s = Gumbel-softmax of the selection logits (same noise), expert m = W2 relu(W1 x + b1) + b2.
-    s = gumbel_softmax(de.select(teacher), 0.5, torch.Generator().manual_seed(9))
+    s = gumbel_softmax(de.select(teacher), tau, torch.Generator().manual_seed(9))
     expected = torch.zeros(6)
     for e in range(6):
         mixed = sum(s[e, m] * (torch.relu(student[e] @ de.w1[m] + de.b1[m]) @ de.w2[m] + de.b2[m]) for m in range(4))
@@ -150,7 +151,8 @@ def test_distillation_experts_teacher_is_not_trained_and_single_expert_skips_sel
     student = torch.randn(4, 2)
     teacher = torch.randn(4, 3, requires_grad=True)
     loss = de(student, teacher, 1e-10)
-    direct = ((teacher - de.expert_outputs(student)[:, 0]) ** 2).sum(1)
+    expert = torch.relu(student @ de.w1[0] + de.b1[0]) @ de.w2[0] + de.b2[0]
+    direct = ((teacher - expert) ** 2).sum(1)
     assert torch.allclose(loss, direct)
     loss.sum().backward()
     assert teacher.grad is None  # the frozen teacher gets no gradient through DE
