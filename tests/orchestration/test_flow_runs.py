@@ -1,7 +1,7 @@
 """The flows end to end through a real Prefect server (the session's test harness).
 
 Few and small on purpose: the logic of each step is tested on plain `ccd` functions and on the
-tasks' `.fn()` (test_tasks.py); these check that the flows wire it together, publish their
+tasks' `.fn()` (test_flow_tasks.py); these check that the flows wire it together, publish their
 artifacts, stop on a rejected block, resume after a kill and spread teacher members over Dask.
 """
 
