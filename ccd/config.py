@@ -138,8 +138,9 @@ class TeacherConfig:
 class DistillConfig:
     """DE-RRD distillation of a compact student from a frozen teacher (`ccd distill`)."""
 
-    # "none" trains the student alone; "rd" is Tang & Wang's baseline; "de-rrd-ir" adds IR-RRD.
-    method: Literal["none", "rd", "de", "rrd", "de-rrd", "de-rrd-ir"] = "de-rrd"
+    # "none" trains the student alone; "rd" is Tang & Wang's baseline; "-ir" adds IR-RRD;
+    # "rrd-ir" is CCD's stage-1 KD (an ensemble teacher has no representation for DE).
+    method: Literal["none", "rd", "de", "rrd", "de-rrd", "rrd-ir", "de-rrd-ir"] = "de-rrd"
     # The student has the teacher's architecture in the paper; an ensemble teacher has none, so
     # the kind is named here.
     student_kind: Literal["bpr", "lightgcn"] = "bpr"

@@ -50,6 +50,7 @@ METHODS: dict[str, tuple[str, ...]] = {
     "de": ("de",),
     "rrd": ("rrd",),
     "de-rrd": ("de", "rrd"),
+    "rrd-ir": ("rrd", "ir"),
     "de-rrd-ir": ("de", "rrd", "ir"),
 }
 
