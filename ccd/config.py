@@ -127,7 +127,7 @@ class TeacherConfig:
     members: tuple[str, ...] = ("lightgcn:64x3", "bpr:64x2", "vae:64x1")
     # Spec 1: LightGCN with 2 propagation layers.
     lightgcn_layers: int = 2
-    # Member j of a kind gets seed base_seed + j (the authors' BPR_0..4 naming).
+    # The n-th member (in the order of `members`) gets seed base_seed + n.
     base_seed: int = 0
     # Length of each user's top items and each item's top users kept from the ensemble
     # (spec 2.2 uses top-40 lists and samples beyond them; 100 leaves room for both).

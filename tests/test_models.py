@@ -106,7 +106,8 @@ def test_parse_members():
     members = parse_members(["lightgcn:64x2", "bpr:32", "lightgcn:16"], lightgcn_layers=3, base_seed=5)
     assert [name for name, _ in members] == ["lightgcn-0", "lightgcn-1", "bpr-0", "lightgcn-2"]
     assert members[1][1] == LightGCNConfig(dim=64, layers=3, seed=6)
-    assert members[2][1] == BPRConfig(dim=32, seed=5)
+    assert members[2][1] == BPRConfig(dim=32, seed=7)  # seeds run over all members
+    assert members[3][1] == LightGCNConfig(dim=16, layers=3, seed=8)
     for bad in ["gcn:64", "bpr", "bpr:0", "bpr:64x0", "bpr:64y2"]:
         with pytest.raises(BadInputError):
             parse_members([bad])

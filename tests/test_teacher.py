@@ -53,7 +53,7 @@ def test_train_teacher_end_to_end(home_with_block, capsys):
     assert report["ensemble"]["test_recall@20"] > 0.3
     bpr0 = model_io.load(home.model_dir(0, "teacher-bpr-0"))
     bpr1 = model_io.load(home.model_dir(0, "teacher-bpr-1"))
-    assert bpr0.config.seed == 0 and bpr1.config.seed == 1  # members of a kind differ by seed
+    assert bpr0.config.seed == 0 and bpr1.config.seed == 1  # members differ by seed
     assert not torch.equal(bpr0.user_emb, bpr1.user_emb)
     items, _ = read_topk(Path(report["topk"]["user_topk"]))
     assert items.shape[1] == 5

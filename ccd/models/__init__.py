@@ -47,8 +47,9 @@ def build_model(config: Any, n_users: int, n_items: int) -> Recommender:
 def parse_members(specs: list[str] | tuple[str, ...], lightgcn_layers: int = 2, base_seed: int = 0) -> list[tuple[str, Any]]:
     """Named member configs from compact specs `kind:dim[xcount]`.
 
-    Member j of a kind (counted over all specs) is named `<kind>-<j>` and seeded
-    `base_seed + j`, so members of one kind differ only by seed.
+    Member j of a kind (counted over all specs) is named `<kind>-<j>`; the n-th member overall
+    is seeded `base_seed + n`, so no two members share a seed (a BPR-MF and a LightGCN with
+    the same seed would start from identical tables and see identical batches).
 
     Example
     -------
@@ -67,7 +68,7 @@ def parse_members(specs: list[str] | tuple[str, ...], lightgcn_layers: int = 2, 
         for _ in range(int(match["count"] or 1)):
             j = counts.get(kind, 0)
             counts[kind] = j + 1
-            values: dict[str, Any] = {"dim": dim, "seed": base_seed + j}
+            values: dict[str, Any] = {"dim": dim, "seed": base_seed + len(members)}
             if kind == "lightgcn":
                 values["layers"] = lightgcn_layers
             members.append((f"{kind}-{j}", MODELS[kind].Config(**values)))
