@@ -174,8 +174,10 @@ class Distiller:
         observed_pairs = PairSet(observed, student.n_items, device)
         if "rrd" in self.terms:
             self.forbidden_items = forbidden_pairs(observed_pairs, teacher.user_lists.to(device))
+            _check_pool(self.forbidden_items, student.n_users, student.n_items, config.n_uninteresting, "distill.n_uninteresting")
         if "ir" in self.terms:
             self.forbidden_users = forbidden_pairs(observed_pairs.transposed(student.n_users), teacher.item_lists.to(device))
+            _check_pool(self.forbidden_users, student.n_items, student.n_users, config.n_uninteresting_users, "distill.n_uninteresting_users")
         if "rd" in self.terms:
             self.rd_items = teacher.user_lists[:, : config.rd_k].to(device)  # (n_users, K_RD)
             self.rd_weights = rank_weights(config.rd_k, config.rd_temperature, device)
@@ -259,6 +261,16 @@ def _check_signal(teacher: TeacherSignal, terms: tuple[str, ...], config: Distil
                     f"the teacher's {side} lists hold {lists.shape[1]} unobserved entries per row, fewer than "
                     f"{key}={k}: lower it or write longer teacher lists"
                 )
+
+
+def _check_pool(forbidden: PairSet, n_rows: int, n_cols: int, want: int, key: str) -> None:
+    """Every row must keep `want` candidates outside its observed pairs and teacher list."""
+    free = n_cols - int(forbidden.row_counts(n_rows).max())
+    if free < want:
+        raise TrainingError(
+            f"a row has only {free} candidates outside its observed pairs and teacher list, fewer than "
+            f"{key}={want}: lower distill.top_n or {key}"
+        )
 
 
 @dataclass
