@@ -20,10 +20,12 @@ from ccd.home import Home
 from ccd.models import parse_members
 from ccd.stages import DEFAULT_RUN_KEY
 from flows.options import add_config_options, config_parameter
-from flows.tasks import ingest, publish_teacher, publish_validation, train_member, train_teacher
+from flows.tasks import (
+    distill_student, ingest, publish_student, publish_teacher, publish_validation, train_member, train_teacher,
+)
 
 # The stages in order; `until` stops after one of them.
-PIPELINE = ("ingest", "teacher")
+PIPELINE = ("ingest", "teacher", "distill")
 
 
 def check_until(until: str) -> None:
@@ -46,6 +48,8 @@ def process_block(
     2. teacher: every member is its own task (run side by side by the flow's task runner, e.g.
        on a Dask cluster of GPU machines), then the ensemble and its top-K lists; the metrics
        are published as a table.
+    3. distill: a compact student from the teacher's lists with `distill.method` (DE-RRD by
+       default), compared with the teacher (accuracy, parameters, latency) in a table.
 
     `config` holds `RunConfig` sections that differ from the defaults, e.g.
     `{"teacher": {"members": ["bpr:64x2"]}}`. Returns each stage's outputs.
@@ -66,6 +70,12 @@ def process_block(
 
     # 2. teacher: members side by side, then the ensemble
     outputs["teacher"] = update_teacher(where, block, cfg)
+    if until == "teacher":
+        return outputs
+
+    # 3. distill the compact student from the teacher
+    outputs["distill"] = distill_student(where, block, cfg)
+    publish_student(block, outputs["distill"])
     return outputs
 
 

@@ -26,6 +26,7 @@ from prefect.logging import get_run_logger
 
 from ccd import teacher
 from ccd.config import LakeConfig, RunConfig
+from ccd.distill.run import distill_stored
 from ccd.home import Home
 from ccd.lake import catalog
 from ccd.lake.ingest import ingest_block
@@ -105,6 +106,27 @@ def publish_teacher(block: int, report: dict[str, Any]) -> None:
     create_table_artifact(
         [{c: row.get(c) for c in TEACHER_COLUMNS} for row in rows],
         key=artifact_key("teacher-block", block), description=f"teacher of block {block}: members and ensemble",
+    )
+
+
+@task(name="distill", task_run_name="distill the student of block {block}", cache_policy=NO_CACHE)
+def distill_student(home: Home, block: int, config: RunConfig, run_key: str = DEFAULT_RUN_KEY) -> dict[str, Any]:
+    """Distill the block's student from its teacher with `config.distill.method` (`ccd distill`)."""
+    progress = EpochProgress(f"{config.distill.method} student of block {block}", config.train.max_epochs,
+                             artifact_key("progress-student-block", block))
+    work = partial(distill_stored, home, block, config, progress=False, callback=progress)
+    report = run_stage(home, block, "distill", work, run_key=run_key)
+    progress.finish()
+    return report
+
+
+@task(name="publish-student", task_run_name="publish student metrics of block {block}", cache_policy=NO_CACHE)
+def publish_student(block: int, report: dict[str, Any]) -> None:
+    """Publish the student beside its teacher: accuracy, parameters and scoring latency."""
+    create_table_artifact(
+        [{"model": name, **report[name]} for name in ("student", "teacher")],
+        key=artifact_key("student-block", block),
+        description=f"{report['method']} student of block {block} beside its teacher; saved in {report['saved']}",
     )
 
 

@@ -35,8 +35,9 @@ from tests.conftest import REPO, SAMPLE, make_block
 pytestmark = pytest.mark.prefect
 
 TINY = {
-    "teacher": {"members": ["bpr:8x2"], "top_k": 5},
+    "teacher": {"members": ["bpr:8x2"], "top_k": 10},
     "train": {"max_epochs": 2, "batch_size": 256, "device": "cpu"},
+    "distill": {"top_n": 10, "n_interesting": 3, "n_uninteresting": 5, "n_experts": 4},
 }
 
 
@@ -147,24 +148,30 @@ def test_teacher_members_on_dask_then_a_retrain_under_its_own_key(prefect_api, t
     outputs = on_dask(str(landing / "block_0.csv"), 0, str(home.root), TINY)
     assert [row["member"] for row in outputs["teacher"]["members"]] == ["bpr-0", "bpr-1"]
     default = {r.stage: r for r in stages.list_stages(home, 0, "default")}
-    assert set(default) == {"ingest", "teacher-bpr-0", "teacher-bpr-1", "teacher"}
+    assert set(default) == {"ingest", "teacher-bpr-0", "teacher-bpr-1", "teacher", "distill"}
     assert all(r.status == "done" and r.attempts == 1 for r in default.values())
     assert default["teacher-bpr-0"].outputs["status"] == "trained"
     assert (home.model_dir(0, "teacher") / "user_topk.parquet").exists()
-    table = json.loads(artifact("teacher-block-0").data)
-    assert [row["member"] for row in table] == ["bpr-0", "bpr-1", "teacher"]
+    assert json.loads(artifact("teacher-block-0").data)[-1]["member"] == "teacher"
     assert artifact("progress-teacher-bpr-1-block-0").data == 100.0
+    assert outputs["distill"]["method"] == "de-rrd"
+    student = home.model_dir(0, "student-de-rrd")
+    assert outputs["distill"]["saved"] == str(student) and (student / "model.json").exists()
+    assert [row["model"] for row in json.loads(artifact("student-block-0").data)] == ["student", "teacher"]
+    first_student = (student / "weights.safetensors").read_bytes()
 
     faster = {**TINY, "train": {**TINY["train"], "lr": 0.02}}
-    result = retrain(0, ["teacher"], faster, str(home.root), run_key="retrain-lr")
+    result = retrain(0, ["teacher", "distill"], "rd", faster, str(home.root), run_key="retrain-lr")
     assert result["run_key"] == "retrain-lr"
     assert [row["status"] for row in result["teacher"]["members"]] == ["reused", "reused"]  # just retrained by their tasks
     again = {r.stage: r for r in stages.list_stages(home, 0, "retrain-lr")}
-    assert set(again) == {"teacher-bpr-0", "teacher-bpr-1", "teacher"}
+    assert set(again) == {"teacher-bpr-0", "teacher-bpr-1", "teacher", "distill"}
     assert again["teacher-bpr-0"].outputs["status"] == "trained"
     assert {r.stage: r for r in stages.list_stages(home, 0, "default")} == default  # earlier records untouched
     saved = json.loads((home.model_dir(0, "teacher-bpr-0") / "model.json").read_text())
     assert saved["metadata"]["run_config"]["train"]["lr"] == 0.02
+    assert result["distill"]["method"] == "rd" and (home.model_dir(0, "student-rd") / "model.json").exists()
+    assert (student / "weights.safetensors").read_bytes() == first_student  # the de-rrd student is left alone
 
     with pytest.raises(BadInputError, match="cannot retrain stage"):
         retrain(0, ["ingest"], home=str(home.root))
