@@ -6,7 +6,7 @@ Recall@20 / NDCG@20 (full ranking, train pairs excluded). Each model runs in its
 so the peak memory of one does not hide in the other's.
 
     .venv/bin/python bench/bench_train.py                                   # CUDA when available
-    .venv/bin/python bench/bench_train.py --device cpu --models bpr:64 lightgcn:64 --max-epochs 60
+    .venv/bin/python bench/bench_train.py --device cpu --threads 1 --models bpr:64 lightgcn:64 --max-epochs 60
     .venv/bin/python bench/bench_train.py --set lr=0.01 --set batch_size=4096 --json out.json
 """
 
@@ -42,8 +42,10 @@ def load_block0() -> BlockData:
     return BlockData.from_frame(frame, block=0)
 
 
-def run_one(spec: str, config: TrainConfig, layers: int) -> dict[str, Any]:
+def run_one(spec: str, config: TrainConfig, layers: int, threads: int | None) -> dict[str, Any]:
     """Train one model (in a child process) and measure it."""
+    if threads:
+        torch.set_num_threads(threads)
     start = time.perf_counter()
     data = load_block0()
     (name, model_config), = parse_members([spec], lightgcn_layers=layers)
@@ -61,6 +63,7 @@ def run_one(spec: str, config: TrainConfig, layers: int) -> dict[str, Any]:
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "s_per_epoch": round(result.seconds_per_epoch, 2),
+        "cpu_s_per_epoch": round(result.cpu_seconds_per_epoch, 2),
         "eval_s_total": round(result.eval_seconds, 1),
         "wall_s": round(time.perf_counter() - start, 1),
         "peak_mem_mib": round(peak_mib),
@@ -76,6 +79,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["bpr:64", "lightgcn:64"], help="kind:dim specs")
     parser.add_argument("--layers", type=int, default=2, help="LightGCN layers")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--max-epochs", type=int, default=100)
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -91,7 +95,7 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
     for spec in args.models:
         with context.Pool(1) as pool:
-            rows.append(pool.apply(run_one, (spec, config, args.layers)))
+            rows.append(pool.apply(run_one, (spec, config, args.layers, args.threads)))
         print(json.dumps(rows[-1]), file=sys.stderr)
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |")

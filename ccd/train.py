@@ -106,6 +106,7 @@ class TrainResult:
     epochs_run: int
     best_metrics: dict[str, float]
     seconds_per_epoch: float
+    cpu_seconds_per_epoch: float  # process CPU time: steadier than wall time on a shared machine
     eval_seconds: float
     stopped_early: bool
     device: str
@@ -142,7 +143,7 @@ def train(
         Extra (user, item) pairs never drawn as negatives, on top of `data.seen_train`.
     callback : callable, optional
         `callback(epoch, record)` after every epoch, record = {"epoch", "loss", "seconds",
-        "valid" (metrics, on evaluated epochs)}.
+        "cpu_seconds", "valid" (metrics, on evaluated epochs)}.
     progress : bool
         Show a tqdm bar over epochs on stderr.
     extension : Extension, optional
@@ -170,12 +171,12 @@ def train(
 
     history: list[dict[str, Any]] = []
     best = (-math.inf, 0, {}, None)  # (score, epoch, metrics, state)
-    stale, train_seconds, eval_seconds = 0, 0.0, 0.0
+    stale, train_seconds, cpu_seconds, eval_seconds = 0, 0.0, 0.0, 0.0
     bar = tqdm(range(1, config.max_epochs + 1), desc=f"train {model.kind}", unit="epoch", file=sys.stderr, disable=not progress)
     for epoch in bar:
         # --- one pass over the training data
         model.train()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         total, steps = torch.zeros((), device=device), 0
         if extension is not None:
             extension.start_epoch(epoch)
@@ -191,9 +192,10 @@ def train(
         mean_loss = float(total) / steps  # the epoch's only device sync
         if not math.isfinite(mean_loss):
             raise TrainingError(f"{model.kind} loss became {mean_loss} at epoch {epoch}: lower train.lr or check the data")
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         train_seconds += seconds
-        record: dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "seconds": seconds}
+        cpu_seconds += cpu
+        record: dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "seconds": seconds, "cpu_seconds": cpu}
 
         # --- evaluate, keep the best state, stop when it no longer improves
         if len(data.valid) and (epoch % config.eval_every == 0 or epoch == config.max_epochs):
@@ -226,6 +228,7 @@ def train(
         epochs_run=len(history),
         best_metrics=best_metrics,
         seconds_per_epoch=train_seconds / len(history),
+        cpu_seconds_per_epoch=cpu_seconds / len(history),
         eval_seconds=eval_seconds,
         stopped_early=len(history) < config.max_epochs,
         device=str(device),
