@@ -11,10 +11,10 @@ import argparse
 import logging
 import sys
 
-from ccd.cli import distill, lake, models, sample, registry, report, serve, stages
+from ccd.cli import distill, lake, models, sample, registry, report, serve, stages, stream
 from ccd.errors import CcdError
 
-COMMAND_MODULES = [lake, sample, registry, models, distill, stages, serve, report]
+COMMAND_MODULES = [lake, sample, registry, models, distill, stages, serve, report, stream]
 
 
 def build_parser() -> argparse.ArgumentParser:

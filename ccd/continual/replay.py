@@ -8,16 +8,24 @@ ranks much higher than the reference model does (knowledge the reference is losi
 with 0-based ranks over all items. `n_per_user` items are sampled without replacement and
 labelled sigma(proxy score). Ranks under the reference come from a sorted copy of its score row
 (searchsorted), so nothing larger than a (users-chunk x items) matrix is ever held.
+
+`ReplayLoss` rehearses a replay set inside the one training loop: binary cross-entropy of the
+model's score against the soft label, annealed, with the set redrawn every few epochs.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from ccd.continual.schedules import replay_weight
 from ccd.evaluate import ScoreFn, UserItemCSR
+from ccd.models import Batch, Recommender
 
 
 @dataclass(frozen=True)
@@ -56,44 +64,67 @@ def sample_replay(
     users : (U,) int64, the old users to replay for
     exclude : UserItemCSR or None
         Items removed from the proxy's ranking before sampling (the user's recent training items:
-        they are learned from data directly, so rehearsing them adds nothing).
+        they are learned from data directly, so rehearsing them adds nothing). Items past the
+        proxy's width (newer than the proxy) are ignored.
     n_per_user : items per user; 0 gives an empty set (the authors' code crashes there, B13)
     top : only the proxy's first `top` ranks can be drawn
     """
-    if n_per_user <= 0 or len(users) == 0:
+    return sample_replay_sources(reference, [(proxy, n_per_user, top)], users, exclude, eps, seed, batch_users, device)
+
+
+def sample_replay_sources(
+    reference: ScoreFn,
+    sources: list[tuple[ScoreFn, int, int]],
+    users: np.ndarray,
+    exclude: UserItemCSR | None,
+    eps: float = 1e-4,
+    seed: int = 0,
+    batch_users: int = 512,
+    device: torch.device | str = "cpu",
+) -> ReplaySet:
+    """`sample_replay` for several (proxy, n_per_user, top) sources at once, merged with
+    `merge_replay`; the reference ranks each chunk of users once for all sources. Source j
+    draws with seed `seed + j`."""
+    sources = [(proxy, n, top) for proxy, n, top in sources if n > 0]
+    if not sources or len(users) == 0:
         return ReplaySet.empty()
-    if n_per_user > top:
-        raise ValueError(f"cannot draw {n_per_user} items per user from the top {top}")
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    parts = [
-        _sample_chunk(reference, proxy, torch.as_tensor(chunk, device=device), exclude, n_per_user, top, eps, generator)
-        for chunk in np.array_split(users, max(1, -(-len(users) // batch_users)))
-    ]
-    return ReplaySet(*(np.concatenate(column) for column in zip(*parts)))
+    for _, n, top in sources:
+        if n > top:
+            raise ValueError(f"cannot draw {n} items per user from the top {top}")
+    generators = [torch.Generator(device="cpu").manual_seed(seed + j) for j in range(len(sources))]
+    parts: list[list[tuple[np.ndarray, ...]]] = [[] for _ in sources]
+    for chunk in np.array_split(users, max(1, -(-len(users) // batch_users))):
+        chunk = torch.as_tensor(chunk, device=device)
+        with torch.no_grad():
+            ref_scores = reference(chunk).float()                          # (B, n_items)
+            ref_sorted = ref_scores.sort(dim=1).values                     # ascending
+        for (proxy, n, top), generator, part in zip(sources, generators, parts):
+            part.append(_sample_chunk(ref_scores, ref_sorted, proxy, chunk, exclude, n, top, eps, generator))
+    return merge_replay([ReplaySet(*(np.concatenate(column) for column in zip(*part))) for part in parts])
 
 
 @torch.no_grad()
-def _sample_chunk(reference, proxy, users, exclude, n_per_user, top, eps, generator):
+def _sample_chunk(ref_scores, ref_sorted, proxy, users, exclude, n_per_user, top, eps, generator):
     proxy_scores = proxy(users).float()                                  # (B, n_items)
     if exclude is not None:
-        rows, cols = exclude.gather(users)
-        proxy_scores[rows.to(proxy_scores.device), cols.to(proxy_scores.device)] = float("-inf")
+        rows, cols = (t.to(proxy_scores.device) for t in exclude.gather(users))
+        inside = cols < proxy_scores.shape[1]                            # the index may know newer items
+        proxy_scores[rows[inside], cols[inside]] = float("-inf")
     top_scores, top_items = proxy_scores.topk(top, dim=1)               # (B, top), rank_proxy = column
-    ref_scores = reference(users).float()                                # (B, n_items)
-    ref_sorted = ref_scores.sort(dim=1).values                           # ascending
-    ref_of_top = ref_scores.gather(1, top_items)                         # (B, top)
+    ref_of_top = ref_scores.gather(1, top_items.to(ref_scores.device))   # (B, top)
     # 0-based rank under the reference = number of items scored strictly higher.
     ref_rank = ref_scores.shape[1] - torch.searchsorted(ref_sorted, ref_of_top, right=True)
-    proxy_rank = torch.arange(top, device=users.device).expand_as(ref_rank)
-    logits = eps * (ref_rank - proxy_rank).double()
+    proxy_rank = torch.arange(top, device=ref_rank.device).expand_as(ref_rank)
+    logits = eps * (ref_rank - proxy_rank).double().cpu()
+    top_scores, top_items = top_scores.cpu(), top_items.cpu()
     logits[~torch.isfinite(top_scores)] = float("-inf")                  # excluded items never drawn
-    weights = torch.softmax(logits, dim=1).cpu()
-    drawable = torch.isfinite(top_scores).sum(dim=1).cpu()
+    weights = torch.softmax(logits, dim=1)
+    drawable = torch.isfinite(top_scores).sum(dim=1)
     keep = drawable >= n_per_user
     picks = torch.multinomial(weights[keep], n_per_user, replacement=False, generator=generator)
     rows = torch.nonzero(keep).squeeze(1)
-    chosen_items = top_items.cpu()[rows.unsqueeze(1), picks]
-    labels = torch.sigmoid(top_scores.cpu()[rows.unsqueeze(1), picks])
+    chosen_items = top_items[rows.unsqueeze(1), picks]
+    labels = torch.sigmoid(top_scores[rows.unsqueeze(1), picks])
     chosen_users = users.cpu()[rows].unsqueeze(1).expand_as(chosen_items)
     return chosen_users.reshape(-1).numpy(), chosen_items.reshape(-1).numpy(), labels.reshape(-1).float().numpy()
 
@@ -110,3 +141,73 @@ def merge_replay(sets: list[ReplaySet]) -> ReplaySet:
     users, items, labels = users[order], items[order], labels[order]
     first = np.r_[True, (np.diff(users) != 0) | (np.diff(items) != 0)]
     return ReplaySet(users[first], items[first], labels[first])
+
+
+class ReplayLoss:
+    """`ccd.train.Extension`: rehearse replay pairs with soft labels (spec 2.3d, 2.4).
+
+    Each epoch's replay set is split into as many chunks as the epoch has BPR batches; the
+    step's term is
+
+        lambda_e * sum_{(u, i, y) in chunk} BCEWithLogits(s(u, i), y) / B
+
+    with s the model's serving score, B the BPR batch size and lambda_e = weight * exp(-(e-1)/T)
+    at epoch e (`schedules.replay_weight`). The spec weighs the summed BCE against a summed BPR
+    loss; the loop's BPR loss is a mean, so dividing by B keeps the spec's ratio.
+
+    Parameters
+    ----------
+    model : Recommender
+        The model being trained (scores from its "final" representations).
+    draw : callable
+        `draw(epoch) -> ReplaySet`; called at epoch 1 and every `resample_every` epochs after,
+        so a reference that is the model itself (the teacher update) is its state at that time.
+    steps_per_epoch : int
+        BPR batches per epoch (`ceil(len(train) / batch_size)`).
+    weight, temperature : float
+        Initial replay weight and annealing temperature.
+    resample_every : int
+    seed : int
+        Of the chunk shuffling.
+    """
+
+    def __init__(self, model: Recommender, draw: Callable[[int], ReplaySet], steps_per_epoch: int, weight: float = 0.5,
+                 temperature: float = 10.0, resample_every: int = 5, seed: int = 0) -> None:
+        if steps_per_epoch < 1 or resample_every < 1:
+            raise ValueError(f"steps_per_epoch and resample_every must be >= 1, got {steps_per_epoch}, {resample_every}")
+        self.model, self.draw, self.steps = model, draw, steps_per_epoch
+        self.initial, self.temperature, self.every = weight, temperature, resample_every
+        self.generator = torch.Generator(device=model.device).manual_seed(seed)
+        self.size = 0
+        self.weight = weight
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return iter(())
+
+    def start_epoch(self, epoch: int) -> None:
+        """Redraw the set when due, anneal the weight, shuffle the set into this epoch's chunks."""
+        device = self.model.device
+        if (epoch - 1) % self.every == 0:
+            replay = self.draw(epoch)
+            self.users = torch.as_tensor(replay.users, device=device)
+            self.items = torch.as_tensor(replay.items, device=device)
+            self.labels = torch.as_tensor(replay.labels, dtype=torch.float32, device=device)
+            self.size = len(replay)
+        self.weight = replay_weight(epoch - 1, self.initial, self.temperature)
+        order = torch.randperm(self.size, generator=self.generator, device=device)
+        self.chunks = iter(order.tensor_split(self.steps))
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """The step's replay term (a scalar; 0 once the epoch's chunks are used up)."""
+        rows = next(self.chunks, None)
+        users, items = self.model.user_item_representations()["final"]  # (n_users, d), (n_items, d)
+        if rows is None or len(rows) == 0:
+            return users.sum() * 0.0
+        u, i = self.users[rows], self.items[rows]
+        scores = (users[u] * items[i]).sum(dim=1)  # (R,)
+        return self.weight * F.binary_cross_entropy_with_logits(scores, self.labels[rows], reduction="sum") / len(batch.users)
+
+
+def steps_per_epoch(n_pairs: int, batch_size: int) -> int:
+    """Number of BPR batches one epoch of `n_pairs` training pairs takes."""
+    return max(1, math.ceil(n_pairs / batch_size))

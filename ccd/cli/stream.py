@@ -1,0 +1,79 @@
+"""`ccd stream`: run CCD (or a baseline) over a stream of blocks and report its continual metrics.
+
+    ccd stream --data data/sample --method ccd            # ingest, run every block, report
+    ccd stream --method finetune --blocks 3 --json        # blocks 0..2 of the lake, one JSON object
+    ccd stream --method ccd --from-block 3 --run-key retrain-1   # retrain blocks 3.. under a new key
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ccd.cli.common import add_command, config_of, emit, home_of, table
+from ccd.continual.loop import run_stream
+from ccd.continual.state import METHODS
+from ccd.errors import BadInputError
+from ccd.lake.ingest import block_files, ingest_block
+from ccd.stages import DEFAULT_RUN_KEY
+
+COLUMNS = ["block", "student_r@20", "student_n@20", "LA", "RA", "H", "H_ndcg", "teacher_r@20", "teacher_H"]
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = add_command(commands, "stream", run, "run CCD or a baseline over a stream of blocks; table of LA/RA/H per block")
+    parser.add_argument("--data", default=None, metavar="FOLDER",
+                        help="folder of block_<K> files to ingest first (blocks already ingested are no-ops); "
+                             "default: the blocks already in the lake")
+    parser.add_argument("--method", choices=METHODS, default="ccd", help="CCD or a baseline (default ccd)")
+    parser.add_argument("--blocks", type=int, default=None, metavar="N", help="use blocks 0..N-1 only (default: all)")
+    parser.add_argument("--run-key", default=DEFAULT_RUN_KEY, help="ledger key; a new key retrains without touching the default run")
+    parser.add_argument("--from-block", type=int, default=0, metavar="K", help="first block to run (earlier ones must be done)")
+
+
+def run(args: argparse.Namespace) -> int:
+    home, config = home_of(args), config_of(args)
+    if args.blocks is not None and args.blocks < 1:
+        raise BadInputError(f"--blocks must be >= 1, got {args.blocks}")
+    if args.data is not None:
+        for block, path in block_files(args.data):
+            if args.blocks is None or block < args.blocks:
+                ingest_block(home, path, block, config.lake)
+    last = None if args.blocks is None else args.blocks - 1
+    callback = None if args.json else _print_stage
+    result = run_stream(home, args.method, config, last, args.run_key, args.from_block, progress=not args.json, callback=callback)
+    emit(args, result, lambda: _human(result))
+    return 0
+
+
+def _print_stage(stage: str, info: dict[str, Any]) -> None:
+    if info["event"] != "start":
+        seconds = f" in {info['seconds']:.1f} s" if "seconds" in info else ""
+        print(f"block {info['block']} {stage}: {info['event']}{seconds}", file=sys.stderr)
+
+
+def _human(result: dict[str, Any]) -> str:
+    student, teacher = result["student"], result.get("teacher")
+    teachers = {row["block"]: row for row in teacher["blocks"]} if teacher else {}
+    rows = []
+    for row in student["blocks"]:
+        summary = row["summary"] or {}
+        own = teachers.get(row["block"])
+        rows.append({
+            "block": row["block"],
+            "student_r@20": row["recall@20"],
+            "student_n@20": row["ndcg@20"],
+            "LA": summary.get("recall@20", {}).get("LA"),
+            "RA": summary.get("recall@20", {}).get("RA"),
+            "H": summary.get("recall@20", {}).get("H"),
+            "H_ndcg": summary.get("ndcg@20", {}).get("H"),
+            "teacher_r@20": own["recall@20"] if own else None,
+            "teacher_H": (own["summary"] or {}).get("recall@20", {}).get("H") if own else None,
+        })
+    params = f"student {student['params']:,} parameters" + (f", teacher {teacher['params']:,}" if teacher else "")
+    lines = [f"{result['method']} over blocks 0..{result['blocks'][-1]} (run key {result['run_key']}; {params})",
+             table(rows, COLUMNS), f"metrics: {result['files']['metrics']}", f"plot: {result['files']['plot']}"]
+    if "plot_all" in result["files"]:
+        lines.append(f"all methods: {result['files']['plot_all']}")
+    return "\n".join(lines)

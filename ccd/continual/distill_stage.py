@@ -1,0 +1,53 @@
+"""Stage 4 of a CCD block: distill the student served after block k from the teacher (spec 2.2).
+
+    result = distill_block(topk_dir, data, config, teacher_dim)   # result.student is D_k
+
+A *fresh*, randomly initialised student is trained on block k with BPR plus RRD (each user's
+top teacher items against sampled uninteresting ones) and IR-RRD (each item's top teacher users),
+read from the ensemble's top-K lists on disk (`ccd.ensemble.write_topk`), by the DE-RRD trainer
+(`ccd.distill.trainer.distill`). Observed training pairs are never interesting (no bug B1). The
+student's knowledge of users absent from block k comes from the teacher's lists alone, which
+is why every later block distils again from the updated teacher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ccd.config import RunConfig
+from ccd.data import BlockData
+from ccd.distill.trainer import DistillResult, TeacherSignal, distill
+from ccd.ensemble import ITEM_TOPK, USER_TOPK, read_topk
+from ccd.train import Callback, pick_device
+
+# CCD distils with RRD and IR-RRD only: an ensemble has no representation of its own for DE.
+KD_METHOD = "rrd-ir"
+
+
+def distill_config(config: RunConfig) -> RunConfig:
+    """`config` with the distillation settings of CCD's stage 4 (method and loss weights)."""
+    c = config.continual
+    return config.replace(distill=dataclasses.replace(config.distill, method=KD_METHOD, lambda_rrd=c.kd_lambda_rrd, lambda_ir=c.kd_lambda_ir))
+
+
+def distill_block(
+    topk_dir: Path, data: BlockData, config: RunConfig, teacher_dim: int, progress: bool = True, callback: Callback | None = None
+) -> DistillResult:
+    """A fresh student distilled on `data` from the teacher lists in `topk_dir`.
+
+    Parameters
+    ----------
+    topk_dir : Path
+        Holds `user_topk.parquet` and `item_topk.parquet` of the ensemble after block k.
+    data : BlockData
+        Block k: BPR on its train split, selection on its valid split.
+    config : RunConfig
+        `distill` (student kind and size, sampled set sizes, seed), `continual` (λ's), `train`.
+    teacher_dim : int
+        The members' largest dimension (the student's default size is a tenth of it).
+    """
+    users, _ = read_topk(Path(topk_dir) / USER_TOPK)
+    items, _ = read_topk(Path(topk_dir) / ITEM_TOPK)
+    signal = TeacherSignal.from_lists(users, items, data, teacher_dim, device=pick_device(config.train.device))
+    return distill(signal, data, distill_config(config), callback=callback, progress=progress)

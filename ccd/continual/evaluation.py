@@ -1,0 +1,108 @@
+"""Continual evaluation: the (trained block, test block) matrix, LA / RA / H per block, plots.
+
+After block k the served model is ranked on the test split of block k (plasticity) and of every
+earlier block j < k (stability), always excluding every training pair seen up to k (no B14).
+Rows of the matrix are `{"trained": k, "test": j, "recall@20", "ndcg@20", "users"}`;
+`summaries` turns them into LA, RA and H (`ccd.evaluate.continual_summaries`) as they stood after
+each block, and `plot_hmean` draws H-mean over blocks for one or several methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ccd.atomic import write_with
+from ccd.evaluate import ScoreFn, continual_summaries, rank_metrics
+
+METRICS = ("recall@20", "ndcg@20")
+
+
+def evaluate_block(
+    score_fn: ScoreFn,
+    block: int,
+    tests: Mapping[int, np.ndarray],
+    seen_train: np.ndarray,
+    n_items: int,
+    batch_users: int = 1024,
+    device: Any = None,
+) -> list[dict[str, Any]]:
+    """Matrix rows of the model trained up to `block` on each test split in `tests`.
+
+    Parameters
+    ----------
+    score_fn : callable
+        `users` (B,) -> scores (B, n_items) of the model after `block`.
+    tests : mapping test block -> np.ndarray, shape (T, 2)
+        Test pairs of blocks 0..block.
+    seen_train : np.ndarray, shape (E, 2)
+        Every training pair of blocks 0..block: never ranked, and dropped from the truth.
+    """
+    rows = []
+    for test_block, truth in sorted(tests.items()):
+        metrics = rank_metrics(score_fn, truth, seen_train, n_items, ks=(20,), batch_users=batch_users, device=device)
+        rows.append({"trained": block, "test": test_block, **{m: metrics[m] for m in METRICS}, "users": metrics["users"]})
+    return rows
+
+
+def summaries(rows: Sequence[Mapping[str, Any]], with_base_block: bool = True) -> list[dict[str, Any]]:
+    """Per trained block: its own-block metrics and LA / RA / H so far (None before RA exists).
+
+    Returns
+    -------
+    list of dict
+        `{"block", "recall@20", "ndcg@20", "summary": {"recall@20": {"LA", "RA", "H"}, ...} or None}`
+        in block order.
+    """
+    matrix = {(r["trained"], r["test"]): r for r in rows}
+    first = 0 if with_base_block else 1
+    out = []
+    for block in sorted({r["trained"] for r in rows}):
+        own = matrix[(block, block)]
+        summary = continual_summaries(matrix, METRICS, upto=block, with_base_block=with_base_block) if block > first else None
+        out.append({"block": block, **{m: own[m] for m in METRICS}, "summary": summary})
+    return out
+
+
+def gate_metrics(block_summary: Mapping[str, Any]) -> dict[str, float]:
+    """Registry metrics of the model after one block: own-block Recall/NDCG@20 and, per metric,
+    `la_`, `ra_` and `h_` prefixed values. Before RA exists (block 0) H is the own-block value:
+    with a single block, learning and retaining are the same number."""
+    out = {m: float(block_summary[m]) for m in METRICS}
+    for m in METRICS:
+        summary = (block_summary["summary"] or {}).get(m)
+        la, ra, h = (summary["LA"], summary["RA"], summary["H"]) if summary else (out[m], out[m], out[m])
+        out.update({f"la_{m}": la, f"ra_{m}": ra, f"h_{m}": h})
+    return out
+
+
+def plot_hmean(series: Mapping[str, Sequence[tuple[int, float]]], path: Path, title: str) -> Path:
+    """Line plot of H-mean (Recall@20) over blocks, one line per named series, written atomically
+    as PNG. Matplotlib runs on the Agg backend, so no display is needed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    for name, points in series.items():
+        if points:
+            blocks, values = zip(*points)
+            axes.plot(blocks, values, marker="o", linestyle="--" if name.endswith("teacher") else "-", label=name)
+    axes.set_xlabel("block")
+    axes.set_ylabel("H-mean of LA and RA (Recall@20)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    write_with(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+    return Path(path)
+
+
+def hmean_points(block_summaries: Sequence[Mapping[str, Any]], metric: str = "recall@20") -> list[tuple[int, float]]:
+    """(block, H) for every block that has a summary."""
+    return [(s["block"], s["summary"][metric]["H"]) for s in block_summaries if s["summary"]]

@@ -1,0 +1,454 @@
+"""The CCD loop over a stream of blocks, and its baselines, resumable stage by stage.
+
+    report = run_stream(home, "ccd", config)             # every ingested block, in order
+
+Block 0 (shared by every method, computed once per home): train the teacher members, ensemble
+them, distill the first student D_0, evaluate. Then, for each later block k, by method:
+
+- ccd: (1) update the student D_{k-1} with proxy-guided replay -> CL_k (`student_update`);
+  (2) update every teacher member with LWC-KD and replay from S, P and CL_k (`teacher_update`);
+  (3) ensemble the members and write their top-K lists to the lake; (4) distill a fresh
+  student D_k from them (`distill_stage`); evaluate; register D_k and propose it through the
+  registry's gate.
+- kd: (2) without the collaborative terms, (3), (4); evaluate.
+- finetune, retrain, lwckd-student: one student stage (`baselines`); evaluate.
+
+Every stage runs through the stage ledger (`ccd.stages.run_stage`) as `<method>-<stage>` of its
+block: a finished stage is skipped on a re-run (its recorded outputs are reused), so the loop
+resumes after a stop at the first unfinished stage. A stage writes its artifacts atomically
+(`ccd.models.io`, `ccd.ensemble.write_topk`) and returns their paths, which later stages load;
+see `state.Layout` for the layout and for retrains under another run key.
+
+Progress: tqdm bars from the training loop (`progress=True`), `logging`, and an optional
+`callback(stage, info)` called when a stage starts, finishes or is skipped (info: block, method,
+event, seconds, outputs), which the flows turn into their own logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ccd.atomic import write_text
+from ccd.config import RunConfig
+from ccd.continual import evaluation
+from ccd.continual.baselines import finetune_student, lwckd_student, retrain_student
+from ccd.continual.distill_stage import distill_block
+from ccd.continual.exclusion import cap, list_pairs
+from ccd.continual.state import BASE, METHODS, Layout
+from ccd.continual.student_update import make_proxies, update_student
+from ccd.continual.teacher_update import update_member
+from ccd.data import BlockData
+from ccd.ensemble import USER_TOPK, Ensemble, read_topk, write_topk
+from ccd.errors import BadInputError, CcdError
+from ccd.home import Home
+from ccd.lake import catalog
+from ccd.lake.store import load_block_data
+from ccd.models import Recommender, io, parse_members
+from ccd.registry import propose, register
+from ccd import stages
+from ccd.stages import DEFAULT_RUN_KEY
+from ccd.teacher import TEACHER, member_dir_name, train_member, train_teacher
+from ccd.train import TrainResult, pick_device
+
+log = logging.getLogger(__name__)
+StreamCallback = Callable[[str, dict[str, Any]], None]
+STUDENT = "student"
+TEACHER_METHODS = ("ccd", "kd")  # methods that keep a teacher after block 0
+
+
+class Run:
+    """One method's run over the stream: its config, layout, device and cached block data.
+
+    Parameters
+    ----------
+    home : Home
+    method : str
+        One of `state.METHODS`.
+    config : RunConfig
+    run_key : str
+        "default", or a new key to retrain blocks without touching the default run's results.
+    progress : bool
+        tqdm bars of the training loops on stderr.
+    callback : callable, optional
+        `callback(stage, info)` on every stage event.
+    """
+
+    def __init__(self, home: Home, method: str, config: RunConfig, run_key: str = DEFAULT_RUN_KEY,
+                 progress: bool = True, callback: StreamCallback | None = None) -> None:
+        if method not in METHODS:
+            raise BadInputError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+        self.home, self.method, self.config, self.run_key = home, method, config, run_key
+        self.progress, self.callback = progress, callback
+        self.layout = Layout(home, method, run_key)
+        self.base = self.layout.base()
+        self.device = pick_device(config.train.device)
+        members = parse_members(config.teacher.members, config.teacher.lightgcn_layers, config.teacher.base_seed)
+        self.members = [name for name, _ in members]
+        self.teacher_dim = max(member.dim for _, member in members)
+        self._data: dict[int, BlockData] = {}
+        self._outputs: dict[tuple[str, int, str], dict[str, Any]] = {}
+
+    # --- plumbing: data, models, stages
+
+    def data(self, block: int) -> BlockData:
+        if block not in self._data:
+            self._data[block] = load_block_data(self.home, block)
+        return self._data[block]
+
+    def load(self, relative: str) -> Recommender:
+        return io.load(self.home.root / relative, self.device)
+
+    def save(self, model: Recommender, layout: Layout, block: int, name: str, result: TrainResult | None = None) -> str:
+        metadata = {"block": block, "method": layout.method, "run_key": self.run_key, "run_config": self.config.to_dict()}
+        if result is not None:
+            metadata["train"] = _brief(result)
+        return layout.relative(io.save(model, layout.model_dir(block, name), metadata))
+
+    def stage(self, layout: Layout, block: int, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run `fn` as ledger stage `<method>-<name>` of `block`, skipping it when done."""
+        stage = layout.stage(name)
+        info = {"block": block, "method": layout.method, "run_key": self.run_key}
+        record = stages.get(self.home, block, stage, self.run_key)
+        if record is not None and record.status == "done":
+            outputs = record.outputs or {}
+            self._notify(stage, {**info, "event": "skipped", "outputs": outputs})
+        else:
+            self._notify(stage, {**info, "event": "start"})
+            start = time.perf_counter()
+            outputs = stages.run_stage(self.home, block, stage, fn, self.run_key)  # re-checks under the stage's lock
+            self._notify(stage, {**info, "event": "done", "seconds": time.perf_counter() - start, "outputs": outputs})
+        self._outputs[(layout.method, block, name)] = outputs
+        return outputs
+
+    def outputs(self, layout: Layout, block: int, name: str) -> dict[str, Any]:
+        """What a finished stage recorded; cached, since a done stage's outputs never change."""
+        key = (layout.method, block, name)
+        if key not in self._outputs:
+            self._outputs[key] = layout.outputs(block, name)
+        return self._outputs[key]
+
+    def _notify(self, stage: str, info: dict[str, Any]) -> None:
+        log.info("%s block %d: %s", stage, info["block"], info["event"])
+        if self.callback is not None:
+            self.callback(stage, info)
+
+    # --- where earlier stages left their results
+
+    def student_path(self, block: int) -> str:
+        """The served student after `block`."""
+        if block == 0:
+            return self.outputs(self.base, 0, STUDENT)["path"]
+        return self.outputs(self.layout, block, "distill" if self.method in TEACHER_METHODS else STUDENT)["path"]
+
+    def member_path(self, block: int, name: str) -> str:
+        return self.outputs(self.base if block == 0 else self.layout, block, f"{TEACHER}-{name}")["path"]
+
+    def topk_dir(self, block: int) -> str:
+        return self.outputs(self.base if block == 0 else self.layout, block, "ensemble")["topk_dir"]
+
+    def protected(self, block: int, data: BlockData) -> np.ndarray:
+        """Old users' top items in the teacher lists of `block - 1`, never BPR negatives."""
+        ids, _ = read_topk(self.home.root / self.topk_dir(block - 1) / USER_TOPK)
+        return list_pairs(ids, cap(self.config.continual.exclude_top, data.n_items), np.arange(self.data(block - 1).n_users))
+
+    def seed(self, block: int) -> int:
+        return self.config.distill.seed * 1000 + block
+
+
+def run_stream(
+    home: Home,
+    method: str,
+    config: RunConfig,
+    last_block: int | None = None,
+    run_key: str = DEFAULT_RUN_KEY,
+    from_block: int = 0,
+    progress: bool = True,
+    callback: StreamCallback | None = None,
+) -> dict[str, Any]:
+    """Run `method` over blocks `from_block..last_block` of the lake, then write its report.
+
+    Parameters
+    ----------
+    home : Home
+        Its lake must hold blocks 0..last_block.
+    method : {"ccd", "finetune", "retrain", "kd", "lwckd-student"}
+    config : RunConfig
+    last_block : int, optional
+        Default: the newest ingested block.
+    run_key : str
+        Ledger key of this run; a new key with `from_block = k` retrains blocks k.. without
+        touching the default run's records or artifacts (earlier blocks are read from it).
+    from_block : int
+        First block to run; earlier blocks must be done (under `run_key` or "default").
+    progress, callback
+        See `Run`.
+
+    Returns
+    -------
+    dict
+        The report (`report`), also written to `reports/stream/<method>/metrics.json` with the
+        H-mean plot `hmean.png` (and `reports/stream/hmean_all.png` over every method in the home).
+    """
+    blocks = [b.block for b in catalog.list_blocks(home)]
+    if not blocks:
+        raise CcdError(f"the lake in {home.root} is empty: ingest the stream first (ccd ingest-folder FOLDER)")
+    last = blocks[-1] if last_block is None else last_block
+    if not 0 <= from_block <= last <= blocks[-1]:
+        raise BadInputError(f"blocks {from_block}..{last} are not in the lake (ingested: 0..{blocks[-1]})")
+    run = Run(home, method, config, run_key, progress, callback)
+    for block in range(from_block, last + 1):
+        run_block(run, block)
+    return write_report(run, last)
+
+
+def run_block(run: Run, block: int) -> None:
+    """Every stage of one block for `run.method`, in order (done stages are skipped)."""
+    if block == 0:
+        base_block(run)
+    elif run.method == "ccd":
+        ccd_block(run, block)
+    elif run.method == "kd":
+        teacher_block(run, block, collaborative=False)
+        distill_stage(run, block)
+    else:
+        run.stage(run.layout, block, STUDENT, lambda: baseline_student(run, block))
+    if block > 0:
+        run.stage(run.layout, block, "evaluate", lambda: evaluate_stage(run, block))
+    if run.method == "ccd":
+        run.stage(run.layout, block, "register", lambda: register_stage(run, block))
+
+
+# --- block 0, shared by every method
+
+
+def base_block(run: Run) -> None:
+    """Teacher members, ensemble and D_0 of block 0, computed once per home, then evaluated."""
+    base = run.base
+    for name in run.members:
+        run.stage(base, 0, f"{TEACHER}-{name}", lambda name=name: _base_member(run, name))
+    run.stage(base, 0, "ensemble", lambda: _base_ensemble(run))
+    run.stage(base, 0, STUDENT, lambda: _distilled(run, base, 0))
+    run.stage(base, 0, "evaluate", lambda: evaluate_stage(run, 0))
+
+
+def _base_member(run: Run, name: str) -> dict[str, Any]:
+    row = train_member(run.home, 0, name, run.config, progress=run.progress)
+    return {"path": run.base.relative(run.home.model_dir(0, member_dir_name(name))), "report": row}
+
+
+def _base_ensemble(run: Run) -> dict[str, Any]:
+    report = train_teacher(run.home, 0, run.config, progress=run.progress)  # members are reused, not retrained
+    return {"topk_dir": run.base.relative(run.home.model_dir(0, TEACHER)), "ensemble": report["ensemble"]}
+
+
+# --- CCD and KD blocks
+
+
+def ccd_block(run: Run, block: int) -> None:
+    """Stages 1-4 of a CCD block: student update, teacher members, ensemble, distillation."""
+    run.stage(run.layout, block, "student-update", lambda: student_update_stage(run, block))
+    teacher_block(run, block, collaborative=True)
+    distill_stage(run, block)
+
+
+def student_update_stage(run: Run, block: int) -> dict[str, Any]:
+    """CL_k from D_{k-1} with the proxies S_{k-1}, P_{k-1}; saves all three."""
+    layout, data = run.layout, run.data(block)
+    previous = run.load(run.student_path(block - 1))
+    if block == 1:
+        stability, plasticity = make_proxies(previous, None, None, run.config.continual)
+    else:
+        before = run.outputs(layout, block - 1, "student-update")
+        stability, plasticity = make_proxies(previous, run.load(before["proxy_s"]), run.load(before["proxy_p"]), run.config.continual)
+    update = update_student(previous, stability, plasticity, data, run.data(block - 1).train, run.config,
+                            run.protected(block, data), run.seed(block), run.progress)
+    return {
+        "updated_student": run.save(update.model, layout, block, "updated-student", update.train),
+        "proxy_s": run.save(stability, layout, block, "proxy-s"),
+        "proxy_p": run.save(plasticity, layout, block, "proxy-p"),
+        "replay_pairs": update.replay_pairs,
+        "train": _brief(update.train),
+    }
+
+
+def teacher_block(run: Run, block: int, collaborative: bool) -> None:
+    """Update every member (one stage each), then ensemble them."""
+    for name in run.members:
+        run.stage(run.layout, block, f"{TEACHER}-{name}", lambda name=name: member_stage(run, block, name, collaborative))
+    run.stage(run.layout, block, "ensemble", lambda: ensemble_stage(run, block))
+
+
+def member_stage(run: Run, block: int, name: str, collaborative: bool) -> dict[str, Any]:
+    """Member `name` after block k, from its state after k-1 (CCD: with LWC-KD and replay)."""
+    c, data = run.config.continual, run.data(block)
+    previous = run.load(run.member_path(block - 1, name))
+    sources = None
+    if collaborative:
+        update = run.outputs(run.layout, block, "student-update")
+        sources = [(run.load(update["proxy_s"]), c.teacher_stability_samples)]
+        if block >= 2:  # at block 1 P = S = D_0
+            sources.append((run.load(update["proxy_p"]), c.teacher_plasticity_samples))
+        sources.append((run.load(update["updated_student"]), c.teacher_student_samples))
+    protected = run.protected(block, data) if collaborative else None  # KD: plain BPR, no exclusion lists
+    model, result = update_member(previous, data, run.data(block - 1).train, run.config, sources, collaborative,
+                                  protected, previous.config.seed * 1000 + block, run.progress)
+    return {"path": run.save(model, run.layout, block, f"{TEACHER}-{name}", result), "train": _brief(result)}
+
+
+def ensemble_stage(run: Run, block: int) -> dict[str, Any]:
+    """The members' rank ensemble after block k, as top-K lists in the lake."""
+    data, k = run.data(block), run.config.teacher.top_k
+    ensemble = Ensemble([run.load(run.member_path(block, name)) for name in run.members])
+    out_dir = run.layout.topk_dir(block)
+    write_topk(ensemble.score, data.n_users, data.n_items, data.seen_train, out_dir, k, k, run.config.train.eval_batch_users, run.device)
+    return {"topk_dir": run.layout.relative(out_dir)}
+
+
+def distill_stage(run: Run, block: int) -> None:
+    run.stage(run.layout, block, "distill", lambda: _distilled(run, run.layout, block))
+
+
+def _distilled(run: Run, layout: Layout, block: int) -> dict[str, Any]:
+    """D_k: a fresh student distilled from the ensemble's lists of block k."""
+    result = distill_block(run.home.root / run.topk_dir(block), run.data(block), run.config, run.teacher_dim, run.progress)
+    path = run.save(result.student, layout, block, STUDENT, result.train)
+    return {"path": path, "params": result.student.parameter_count(), "train": _brief(result.train)}
+
+
+# --- baselines
+
+
+def baseline_student(run: Run, block: int) -> dict[str, Any]:
+    """The served student of a baseline after block k."""
+    data = run.data(block)
+    if run.method == "retrain":
+        model, result = retrain_student(data, run.config, run.teacher_dim, run.progress)
+    else:
+        previous = run.load(run.student_path(block - 1))
+        if run.method == "finetune":
+            model, result = finetune_student(previous, data, run.config, run.seed(block), run.progress)
+        else:
+            model, result = lwckd_student(previous, data, run.data(block - 1).train, run.config, run.seed(block), run.progress)
+    path = run.save(model, run.layout, block, STUDENT, result)
+    return {"path": path, "params": model.parameter_count(), "train": _brief(result)}
+
+
+# --- evaluation, registration, report
+
+
+def evaluate_stage(run: Run, block: int) -> dict[str, Any]:
+    """Matrix rows of the student (and the teacher, when the method keeps one) after block k."""
+    data = run.data(block)
+    tests = {j: run.data(j).test for j in range(block + 1)}
+    rank = lambda model: evaluation.evaluate_block(model.score, block, tests, data.seen_train, data.n_items,
+                                                   run.config.train.eval_batch_users, run.device)
+    student = run.load(run.student_path(block))
+    out: dict[str, Any] = {"student": rank(student), "student_params": student.parameter_count(), "teacher": None}
+    if block == 0 or run.method in TEACHER_METHODS:
+        members = [run.load(run.member_path(block, name)) for name in run.members]
+        out["teacher"] = rank(Ensemble(members))
+        out["teacher_params"] = sum(m.parameter_count() for m in members)
+    return out
+
+
+def _evaluations(run: Run, last: int) -> list[dict[str, Any]]:
+    return [run.outputs(run.base if k == 0 else run.layout, k, "evaluate") for k in range(last + 1)]
+
+
+def register_stage(run: Run, block: int) -> dict[str, Any]:
+    """Register D_k as a version of "student" (method ccd) and propose it through the gate."""
+    evaluations = _evaluations(run, block)
+    rows = [row for e in evaluations for row in e["student"]]
+    metrics = evaluation.gate_metrics(evaluation.summaries(rows, run.config.continual.with_base_block)[-1])
+    members = {name: _artifact(run, run.member_path(block, name)) for name in run.members}
+    lineage = {
+        "blocks": list(range(block + 1)),
+        "run_key": run.run_key,
+        "teacher_members": members,
+        "teacher_topk": run.topk_dir(block),
+        "previous_student": run.student_path(block - 1) if block else None,
+    }
+    path = run.student_path(block)
+    version = register(run.home, STUDENT, path, block, run.method, metrics, evaluations[-1]["student_params"], lineage, run.config)
+    decision = propose(run.home, STUDENT, version.version, run.config.registry)
+    return {"version": version.version, "promoted": decision.promoted, "reason": decision.reason, "metrics": metrics}
+
+
+def _artifact(run: Run, relative: str) -> dict[str, str]:
+    return {"path": relative, "sha256": io.read_metadata(run.home.root / relative)["weights_sha256"]}
+
+
+def report(run: Run, last: int) -> dict[str, Any]:
+    """Matrices, per-block summaries, parameter counts and stage timings of blocks 0..last."""
+    evaluations = _evaluations(run, last)
+    with_base = run.config.continual.with_base_block
+    out: dict[str, Any] = {"method": run.method, "run_key": run.run_key, "blocks": list(range(last + 1))}
+    for side in ("student", "teacher"):
+        rows = [row for e in evaluations if e.get(side) for row in e[side]]
+        has_all = all(e.get(side) for e in evaluations)
+        out[side] = {
+            "params": evaluations[-1].get(f"{side}_params"),
+            "matrix": rows,
+            "blocks": evaluation.summaries(rows, with_base),
+        } if has_all else None
+    out["stages"] = _timings(run, last)
+    if run.method == "ccd":
+        out["registry"] = [run.outputs(run.layout, k, "register") for k in range(last + 1)]
+    return out
+
+
+def _timings(run: Run, last: int) -> list[dict[str, Any]]:
+    """Seconds of every finished stage of this method (and block 0's) up to `last`."""
+    prefixes = (f"{run.method}-", f"{BASE}-")
+    chosen: dict[tuple[int, str], Any] = {}
+    for key in reversed(run.layout.run_keys):  # own key last, so it wins
+        for record in stages.list_stages(run.home, run_key=key):
+            if record.block <= last and record.stage.startswith(prefixes) and record.status == "done":
+                chosen[(record.block, record.stage)] = record
+    return [{"block": b, "stage": s, "run_key": r.run_key, "seconds": r.seconds} for (b, s), r in sorted(chosen.items())]
+
+
+def write_report(run: Run, last: int) -> dict[str, Any]:
+    """Write `metrics.json` and `hmean.png` for this method, and `hmean_all.png` over all methods."""
+    result = report(run, last)
+    folder = run.layout.report_dir
+    result["files"] = {"metrics": str(folder / "metrics.json"), "plot": str(folder / "hmean.png")}
+    evaluation.plot_hmean(_series(result), folder / "hmean.png", f"{run.method}: H-mean over blocks")
+    write_text(folder / "metrics.json", json.dumps(result, indent=2, default=str) + "\n")
+    reports = _stream_reports(run.home)
+    if len(reports) > 1:
+        path = run.home.reports / "stream" / "hmean_all.png"
+        series = {name: points for r in reports for name, points in _series(r, f"{r['method']} ").items()}
+        evaluation.plot_hmean(series, path, "H-mean over blocks, every method")
+        result["files"]["plot_all"] = str(path)
+        write_text(folder / "metrics.json", json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+def _series(result: dict[str, Any], prefix: str = "") -> dict[str, list[tuple[int, float]]]:
+    series = {}
+    for side in ("student", "teacher"):
+        if result.get(side):
+            series[f"{prefix}{side}"] = evaluation.hmean_points(result[side]["blocks"])
+    return series
+
+
+def _stream_reports(home: Home) -> list[dict[str, Any]]:
+    """The default-run `metrics.json` of every method in the home (retrains live one folder deeper)."""
+    return [json.loads(path.read_text()) for path in sorted((home.reports / "stream").glob("*/metrics.json"))]
+
+
+def _brief(result: TrainResult) -> dict[str, Any]:
+    """What a stage records of a training run (the full history stays in the model's metadata)."""
+    return {
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs_run,
+        "s_per_epoch": round(result.seconds_per_epoch, 4),
+        "valid": result.best_metrics,
+    }

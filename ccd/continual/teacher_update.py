@@ -1,0 +1,119 @@
+"""Stage 2 of a CCD block: update one teacher member on the new block (spec 2.4).
+
+    member_k = update_member(member_prev, data, previous_train, config, sources=[(S, 1), (P, 3), (CL, 5)])
+
+One function per member, so the flows can update members in parallel. The member starts from
+its own state after block k-1, grows for new ids (neighbour initialisation) and trains on block k
+with
+
+    BPR + LWC-KD against a frozen copy of its k-1 state (`lwckd.LwcKd`)
+        + replay of old users' items drawn from S_{k-1}, P_{k-1} and the updated student CL_k,
+
+the replay's reference ranks being the member's *current* state, redrawn every few epochs, so
+the replay follows what the member is forgetting (the "collaborative" part: the student's
+knowledge flows back into the teacher). Replay anneals with temperature 5, explicitly (B12).
+
+Without sources and LWC-KD (`collaborative=False`) this is the KD baseline's plain fine-tune.
+
+Mult-VAE members have no user table for LWC-KD or a pair score for replay: they are fine-tuned
+with their own loss on block k, then score every user from its whole training history so far
+(`set_interactions(data.seen_train)`), so users absent from block k keep their
+recommendations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from ccd.config import RunConfig
+from ccd.continual.exclusion import cap, top_pairs
+from ccd.continual.lwckd import LwcKd
+from ccd.continual.replay import ReplayLoss, steps_per_epoch
+from ccd.continual.updates import grown, proxy_replay, recent_items, update_config
+from ccd.data import BlockData
+from ccd.models import Batch, Recommender
+from ccd.train import Callback, Extension, TrainResult, pick_device, train
+
+
+class Extensions:
+    """Several `ccd.train.Extension`s as one: parameters chained, losses summed."""
+
+    def __init__(self, parts: list[Extension]) -> None:
+        self.parts = parts
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        for part in self.parts:
+            yield from part.parameters()
+
+    def start_epoch(self, epoch: int) -> None:
+        for part in self.parts:
+            part.start_epoch(epoch)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return sum(part.loss(batch) for part in self.parts)
+
+
+def update_member(
+    member: Recommender,
+    data: BlockData,
+    previous_train: np.ndarray,
+    config: RunConfig,
+    sources: list[tuple[Recommender, int]] | None = None,
+    collaborative: bool = True,
+    protected: np.ndarray | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    callback: Callback | None = None,
+) -> tuple[Recommender, TrainResult]:
+    """The member after block k: its k-1 state grown and trained on block k.
+
+    Parameters
+    ----------
+    member : Recommender
+        The member after block k-1 (not modified).
+    data : BlockData
+        Block k.
+    previous_train : np.ndarray, shape (N, 2)
+        Block k-1's training pairs (LWC-KD's candidates and positives; never replayed).
+    config : RunConfig
+    sources : list of (model, samples per user), optional
+        Replay sources: S_{k-1}, P_{k-1} (from block 2 on) and CL_k.
+    collaborative : bool
+        Add LWC-KD and replay; False gives plain BPR fine-tuning (the KD baseline).
+    protected : np.ndarray, shape (E, 2), optional
+        Extra pairs never drawn as BPR negatives (the previous teacher's top lists).
+    seed : int
+
+    Returns
+    -------
+    (Recommender, TrainResult)
+    """
+    c = config.continual
+    device = pick_device(config.train.device)
+    member.to(device).eval()
+    model = grown(member, data, config)
+    settings = update_config(config)
+    if model.batch_kind != "pairs":
+        result = train(model, data, settings, seed=seed, callback=callback, progress=progress)
+        model.set_interactions(data.seen_train)
+        return model, result
+    parts: list[Extension] = []
+    negatives = [] if protected is None else [protected]
+    if collaborative:
+        parts.append(LwcKd(model, member, previous_train, data.train, c))
+        sources = [(m.to(device).eval(), n) for m, n in (sources or []) if n > 0]
+        if sources:
+            old_users = np.arange(member.n_users)
+            recent = recent_items(data, previous_train, device)
+            draw = lambda epoch: proxy_replay(model, sources, old_users, recent, c.teacher_top, c.replay_eps, seed + epoch)
+            parts.append(ReplayLoss(model, draw, steps_per_epoch(len(data.train), settings.batch_size), c.replay_weight,
+                                    c.teacher_replay_temperature, c.replay_resample_every, seed))
+            k = cap(c.exclude_top, data.n_items)
+            negatives += [top_pairs(m.score, old_users, k, recent, device=device) for m, _ in sources]
+    extension = Extensions(parts) if parts else None
+    exclude = np.concatenate(negatives) if negatives else None
+    result = train(model, data, settings, seed=seed, exclude_negatives=exclude, callback=callback, progress=progress, extension=extension)
+    return model, result

@@ -1,0 +1,68 @@
+"""What every update of a trained model on a new block shares (student, teacher, baselines).
+
+- `update_config`: the training budget of an update (`continual.update_*` over `train`);
+- `grown`: a copy of the model, its tables grown to the block's id space (neighbour init);
+- `recent_items`: each user's training items of blocks k-1 and k, which replay never draws;
+- `proxy_replay`: the union of replay sets drawn from several sources (spec 2.3c, 2.4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from ccd.config import RunConfig, TrainConfig
+from ccd.continual.replay import ReplaySet, sample_replay_sources
+from ccd.data import BlockData
+from ccd.evaluate import UserItemCSR
+from ccd.models import Recommender, build_model
+
+
+def update_config(config: RunConfig) -> TrainConfig:
+    """The training settings of an update: `train` with the continual section's budget."""
+    c = config.continual
+    return dataclasses.replace(config.train, max_epochs=c.update_epochs, lr=c.update_lr, batch_size=c.update_batch_size)
+
+
+def clone(model: Recommender) -> Recommender:
+    """An independent copy of `model` on its device: same config, weights and interactions.
+
+    Built anew rather than `copy.deepcopy`-ed, since a LightGCN's sparse CSR graph cannot be
+    deep-copied; the graph is rebuilt from the interactions instead.
+    """
+    twin = build_model(model.config, model.n_users, model.n_items).to(model.device)
+    twin.load_state_dict(model.state_dict())
+    twin.set_interactions(model.interactions)
+    return twin
+
+
+def grown(model: Recommender, data: BlockData, config: RunConfig) -> Recommender:
+    """A copy of `model` (left unchanged) grown to block `data`'s id space, new ids initialised
+    from their neighbours in the block (`continual.init`, `init_k`)."""
+    twin = clone(model)
+    twin.grow(data.n_users, data.n_items, data.train, config.continual.init, config.continual.init_k)
+    return twin
+
+
+def recent_items(data: BlockData, previous_train: np.ndarray, device: torch.device | str | None = None) -> UserItemCSR:
+    """Each user's training items of blocks k-1 and k (the spec's `filtering_simple`): replay
+    never draws them, since they are learned from the data directly."""
+    return UserItemCSR.from_pairs(np.concatenate([previous_train, data.train]), data.n_users, device)
+
+
+def proxy_replay(
+    reference: Recommender,
+    sources: list[tuple[Recommender, int]],
+    users: np.ndarray,
+    recent: UserItemCSR,
+    top: int,
+    eps: float,
+    seed: int,
+    batch_users: int = 512,
+) -> ReplaySet:
+    """Union of the replay sets drawn from each (source, samples per user); a pair drawn twice
+    keeps its larger label. Ranks are compared with `reference`'s (spec 2.3c)."""
+    scored = [(source.score, n, min(top, source.n_items)) for source, n in sources]
+    return sample_replay_sources(reference.score, scored, users, recent, eps, seed, batch_users, reference.device)

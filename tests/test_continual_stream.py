@@ -1,0 +1,172 @@
+"""`ccd stream` end to end on the embedded sample stream (tiny dimensions and epochs): CCD over
+all six blocks, the baselines on three, resume after a stop between stages, and a retrain of
+one block under a new run key that leaves earlier results alone."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+import torch
+
+from ccd.cli import main
+from ccd.config import RunConfig
+from ccd.continual.loop import run_stream
+from ccd.home import Home
+from ccd.lake.ingest import ingest_folder
+from ccd.registry import list_versions
+from ccd.stages import list_stages
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+TINY = [
+    "train.device=cpu", "train.max_epochs=3", "train.eval_batch_users=4096",
+    "teacher.members=[\"bpr:8\",\"lightgcn:8\"]", "teacher.top_k=50",
+    "distill.student_dim=4", "distill.n_uninteresting=20", "distill.n_uninteresting_users=10",
+    "continual.update_epochs=2", "continual.update_batch_size=4096", "continual.lwckd_anchors=64",
+    "continual.student_top=20", "continual.teacher_top=20", "continual.exclude_top=10",
+]
+SETS = [arg for item in TINY for arg in ("--set", item)]
+
+
+class Stop(Exception):
+    """Raised by a callback to simulate a process stopped between two stages."""
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def stream_run(tmp_path_factory, one_thread) -> tuple[Home, str]:
+    """The sample stream ingested, then `ccd stream --method ccd --json` over its six blocks,
+    once for the module; returns the home and what the command printed on stdout."""
+    home = Home.resolve(tmp_path_factory.mktemp("stream") / "home")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["stream", "--data", str(SAMPLE), "--method", "ccd", "--home", str(home.root), "--json", *SETS])
+    assert code == 0
+    return home, out.getvalue()
+
+
+@pytest.fixture
+def ccd_home(stream_run) -> Home:
+    return stream_run[0]
+
+
+def copy_home(home: Home, tmp_path: Path) -> Home:
+    shutil.copytree(home.root, tmp_path / "copy")
+    return Home(tmp_path / "copy")
+
+
+def test_ccd_stream_end_to_end(stream_run):
+    home, stdout = stream_run
+    result = json.loads(stdout)  # exactly one JSON object
+    assert result == json.loads((home.reports / "stream" / "ccd" / "metrics.json").read_text())
+    assert result["method"] == "ccd" and result["blocks"] == [0, 1, 2, 3, 4, 5]
+    student, teacher = result["student"], result["teacher"]
+    assert [b["block"] for b in student["blocks"]] == [0, 1, 2, 3, 4, 5]
+    assert student["blocks"][0]["summary"] is None
+    for side in (student, teacher):
+        assert len(side["matrix"]) == 21  # (k, j) for every j <= k
+        for row in side["blocks"][1:]:
+            h = row["summary"]["recall@20"]
+            assert 0 < h["H"] <= max(h["LA"], h["RA"])
+    assert teacher["params"] > 3 * student["params"]
+    assert (home.reports / "stream" / "ccd" / "hmean.png").read_bytes()[:4] == b"\x89PNG"
+    # every stage of every block ran once, and D_k was registered and gated after each block
+    stages = list_stages(home)
+    assert all(s.status == "done" and s.attempts == 1 for s in stages)
+    names = {(s.block, s.stage) for s in stages}
+    assert {(3, "ccd-student-update"), (3, "ccd-teacher-bpr-0"), (3, "ccd-teacher-lightgcn-0"), (3, "ccd-ensemble"),
+            (3, "ccd-distill"), (3, "ccd-evaluate"), (0, "base-student"), (5, "ccd-register")} <= names
+    versions = list_versions(home, "student")
+    assert [v.block for v in versions] == [0, 1, 2, 3, 4, 5] and all(v.method == "ccd" for v in versions)
+    assert "h_recall@20" in versions[-1].metrics
+    assert set(versions[-1].lineage["teacher_members"]) == {"bpr-0", "lightgcn-0"}
+    assert (home.lake / "teacher" / "ccd" / "block=5" / "user_topk.parquet").exists()
+    for name in ("student", "updated-student", "proxy-s", "proxy-p", "teacher-bpr-0"):
+        assert (home.models / "ccd" / "block=5" / name / "model.json").exists()
+
+
+def test_rerun_is_a_no_op_and_prints_the_table(ccd_home, tmp_path, capsys):
+    home = copy_home(ccd_home, tmp_path)
+    before = {str(p): p.stat().st_mtime_ns for p in home.models.rglob("*.safetensors")}
+    assert main(["stream", "--method", "ccd", "--home", str(home.root), *SETS]) == 0
+    out = capsys.readouterr().out
+    assert "ccd over blocks 0..5" in out and "teacher_H" in out and "hmean.png" in out
+    assert {str(p): p.stat().st_mtime_ns for p in home.models.rglob("*.safetensors")} == before
+    assert all(s.attempts == 1 for s in list_stages(home))
+
+
+def test_baselines_share_block_zero(ccd_home, tmp_path):
+    home = copy_home(ccd_home, tmp_path)
+    config = RunConfig.load(None, TINY)
+    results = {m: run_stream(home, m, config, last_block=2, progress=False) for m in ("finetune", "retrain", "kd", "lwckd-student")}
+    for method, result in results.items():
+        assert [b["block"] for b in result["student"]["blocks"]] == [0, 1, 2]
+        assert result["student"]["blocks"][2]["summary"]["recall@20"]["H"] > 0
+        assert (result["teacher"] is not None) == (method == "kd")
+    # block 0 (teacher, D_0, its evaluation) ran once for all methods
+    base = [s for s in list_stages(home) if s.stage.startswith("base-")]
+    assert base and all(s.attempts == 1 for s in base)
+    d0 = results["finetune"]["student"]["matrix"][0]
+    assert all(r["student"]["matrix"][0] == d0 for r in results.values())
+    assert results["lwckd-student"]["files"]["plot_all"].endswith("hmean_all.png")
+    assert (home.reports / "stream" / "hmean_all.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list_versions(home, "student")) == 6  # baselines are not registered
+
+
+def test_resume_after_a_stop_between_stages(ccd_home, tmp_path):
+    """Stop right after block 1's first teacher member; the re-run redoes nothing finished and
+    ends with the same numbers as the uninterrupted run."""
+    home = Home.resolve(tmp_path / "fresh")  # the lake and catalog only, with an empty ledger
+    shutil.copytree(ccd_home.lake, home.lake)
+    shutil.copy(ccd_home.catalog_path, home.catalog_path)
+    with duckdb.connect(str(home.catalog_path)) as con:
+        con.execute("DELETE FROM stages")
+    config = RunConfig.load(None, TINY)
+
+    def stop_after_member(stage, info):
+        if stage == "ccd-teacher-bpr-0" and info["block"] == 1 and info["event"] == "done":
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_stream(home, "ccd", config, last_block=1, progress=False, callback=stop_after_member)
+    finished = {(s.block, s.stage): s for s in list_stages(home)}
+    assert finished[(1, "ccd-teacher-bpr-0")].status == "done" and (1, "ccd-ensemble") not in finished
+    member = home.models / "ccd" / "block=1" / "teacher-bpr-0" / "weights.safetensors"
+    stamp = member.stat().st_mtime_ns
+
+    events = []
+    result = run_stream(home, "ccd", config, last_block=1, progress=False, callback=lambda s, i: events.append((i["block"], s, i["event"])))
+    assert (1, "ccd-teacher-bpr-0", "skipped") in events and (1, "ccd-student-update", "skipped") in events
+    assert (1, "ccd-ensemble", "done") in events
+    assert member.stat().st_mtime_ns == stamp
+    assert all(s.attempts == 1 for s in list_stages(home))
+    original = json.loads((ccd_home.reports / "stream" / "ccd" / "metrics.json").read_text())
+    expected = [r for r in original["student"]["matrix"] if r["trained"] <= 1]
+    assert [r["recall@20"] for r in result["student"]["matrix"]] == pytest.approx([r["recall@20"] for r in expected], abs=1e-6)
+
+
+def test_retrain_a_block_under_a_new_run_key(ccd_home, tmp_path):
+    home = copy_home(ccd_home, tmp_path)
+    config = RunConfig.load(None, TINY)
+    earlier = {str(p): p.stat().st_mtime_ns for p in home.models.rglob("*") if p.is_file()}
+    result = run_stream(home, "ccd", config, last_block=2, run_key="r1", from_block=2, progress=False)
+    assert [b["block"] for b in result["student"]["blocks"]] == [0, 1, 2]
+    after = {str(p): p.stat().st_mtime_ns for p in home.models.rglob("*") if p.is_file()}
+    assert all(after[path] == stamp for path, stamp in earlier.items())  # nothing of the default run was touched
+    new = sorted(p for p in after if p not in earlier)
+    assert new and all("/block=2/run=r1/" in p for p in new)
+    r1 = [s for s in list_stages(home, run_key="r1")]
+    assert r1 and {s.block for s in r1} == {2}
+    assert (home.reports / "stream" / "ccd" / "run=r1" / "metrics.json").exists()

@@ -1,0 +1,276 @@
+"""Stages of the CCD loop on tiny in-memory streams: LWC-KD by id (B8), weights that weight
+(B7), replay loss, proxies, student and teacher updates, exclusion lists, evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ccd.config import ContinualConfig, RunConfig
+from ccd.continual.evaluation import evaluate_block, gate_metrics, plot_hmean, summaries
+from ccd.continual.exclusion import cap, list_pairs, top_pairs
+from ccd.continual.lwckd import LwcKd, contrastive_kd_loss, imitation_weights, layer_tables
+from ccd.continual.replay import ReplayLoss, ReplaySet
+from ccd.continual.state import Layout
+from ccd.continual.student_update import make_proxies, update_student
+from ccd.continual.teacher_update import update_member
+from ccd.continual.updates import clone
+from ccd.data import BlockData
+from ccd.models import Batch, BPRConfig, BPRMF, LightGCNConfig, VAEConfig, build_model
+from ccd.train import train, validate
+from planted import single_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def tiny_stream(n_blocks: int = 2, n_users: int = 80, n_items: int = 48, new: int = 8, groups: int = 4,
+                per_user: int = 8, seed: int = 0) -> list[BlockData]:
+    """Blocks of a planted stream: user u likes items of group u % groups; each later block
+    brings `new` users and items and brings back half of the old users. Per active user 1 valid,
+    1 test, the rest train; ids are cumulative, as the lake assigns them."""
+    rng = np.random.default_rng(seed)
+    blocks, history = [], np.zeros((0, 2), np.int64)
+    users_so_far, items_so_far = n_users, n_items
+    for k in range(n_blocks):
+        if k:
+            users_so_far, items_so_far = users_so_far + new, items_so_far + new
+            old = rng.choice(users_so_far - new, (users_so_far - new) // 2, replace=False)
+            active = np.concatenate([old, np.arange(users_so_far - new, users_so_far)])
+        else:
+            active = np.arange(users_so_far)
+        splits = {"train": [], "valid": [], "test": []}
+        for u in active:
+            pool = np.flatnonzero(np.arange(items_so_far) % groups == u % groups)
+            items = rng.choice(pool, min(per_user, len(pool)), replace=False)
+            splits["valid"].append((u, items[0]))
+            splits["test"].append((u, items[1]))
+            splits["train"] += [(u, i) for i in items[2:]]
+        arrays = {s: np.array(p, np.int64).reshape(-1, 2) for s, p in splits.items()}
+        blocks.append(BlockData(k, users_so_far, items_so_far, arrays["train"], arrays["valid"], arrays["test"], history))
+        history = np.concatenate([history, arrays["train"]])
+    return blocks
+
+
+def tiny_config(**continual) -> RunConfig:
+    base = RunConfig.load(None, ["train.device=cpu", "train.max_epochs=15", "train.batch_size=128", "train.lr=0.05",
+                                 "continual.update_epochs=4", "continual.update_batch_size=64", "continual.update_lr=0.01"])
+    return base.replace(continual=dataclasses.replace(base.continual, **continual))
+
+
+def trained(kind_config, data: BlockData, config: RunConfig):
+    model = build_model(kind_config, data.n_users, data.n_items)
+    train(model, data, config.train, progress=False)
+    return model
+
+
+# --- LWC-KD
+
+
+def test_weights_actually_weight_the_contrastive_loss():
+    """B7: per-anchor weights change the loss to the weighted mean of the anchors' terms."""
+    torch.manual_seed(0)
+    anchors, candidates = torch.randn(3, 4), torch.randn(5, 4)
+    rows, cols = torch.tensor([0, 1, 1, 2]), torch.tensor([1, 0, 3, 4])
+    logp = torch.log_softmax(anchors @ candidates.T / 2.0, dim=1)
+    terms = torch.stack([logp[0, 1], (logp[1, 0] + logp[1, 3]) / 2, logp[2, 4]])
+    weights = torch.tensor([3.0, 1.0, 0.0])
+    weighted = contrastive_kd_loss(anchors, candidates, rows, cols, tau=2.0, weights=weights)
+    assert torch.allclose(weighted, -(weights * terms).sum() / weights.sum())
+    plain = contrastive_kd_loss(anchors, candidates, rows, cols, tau=2.0)
+    assert torch.allclose(plain, -terms.mean()) and not torch.allclose(weighted, plain)
+    assert torch.allclose(contrastive_kd_loss(anchors, candidates, rows, cols, 2.0, torch.full((3,), 7.0)), plain)
+
+
+def test_imitation_weights_follow_the_shift_of_taste():
+    model = BPRMF(BPRConfig(dim=2), n_users=3, n_items=4)
+    with torch.no_grad():
+        model.user_emb.copy_(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+        model.item_emb.copy_(torch.tensor([[1.0, 0.1], [-1.0, 0.0], [0.9, 0.0], [0.0, 1.0]]))
+    # user 0 picks items like its taste, user 1 the opposite, user 2 only a new item (id 9)
+    pairs = np.array([[0, 0], [0, 2], [1, 1], [2, 9]])
+    weights = imitation_weights(model, pairs, temperature=0.5)
+    assert weights.shape == (3,)
+    assert weights[0] > 0.95 and weights[1] < math.exp(-3.9) and weights[2] == 1.0
+
+
+def _pair_batch(users, pos) -> Batch:
+    users, pos = torch.tensor(users), torch.tensor(pos)
+    return Batch(users, pos, pos.clone(), torch.Generator().manual_seed(0))
+
+
+def test_lwckd_reads_previous_embeddings_by_id_not_by_position():
+    """B8: with active ids {1, 4} and {2, 5, 7}, a positional lookup would read rows 0, 1, 2."""
+    torch.manual_seed(0)
+    previous = BPRMF(BPRConfig(dim=3, seed=1), n_users=6, n_items=8)
+    previous_train = np.array([[1, 2], [1, 7], [4, 5], [4, 7]])
+    model = clone(previous)
+    model.grow(7, 9, np.array([[6, 8], [4, 8]]), init="random")
+    with torch.no_grad():
+        model.user_emb.add_(torch.randn_like(model.user_emb))
+        model.item_emb.add_(torch.randn_like(model.item_emb))
+    config = ContinualConfig(lwckd_weight=1.0, lwckd_tau=0.5, piw=False, graph_degree=1)
+    ext = LwcKd(model, previous, previous_train, np.array([[4, 8]]), config)
+    batch = _pair_batch([1, 4, 6], [7, 5, 8])  # user 6 and item 8 are new: no anchor
+    loss = ext.loss(batch)
+
+    prev_u, prev_i = previous.user_emb.detach(), previous.item_emb.detach()
+    cur_u, cur_i = model.user_emb.detach(), model.item_emb.detach()
+    users_c, items_c = [1, 4], [2, 5, 7]
+
+    def term(anchor_rows, candidates, cand_ids, positives):
+        values = []
+        for a, pos in positives.items():
+            logp = torch.log_softmax(anchor_rows[a] @ candidates[cand_ids].T / 0.5, dim=0)
+            values.append(torch.stack([logp[cand_ids.index(p)] for p in pos]).mean())
+        return -torch.stack(values).mean()
+
+    neighbours = lambda csr, a: [int(x) for x in csr[1][csr[0][a]:csr[0][a + 1]]]
+    expected = (
+        term(prev_u, cur_i, items_c, {1: [2, 7], 4: [5, 7]})
+        + term(prev_i, cur_u, users_c, {7: [1, 4], 5: [4]})
+        + term(prev_u, cur_u, users_c, {a: neighbours(ext.user_users, a) for a in (1, 4) if neighbours(ext.user_users, a)})
+        + term(prev_i, cur_i, items_c, {a: neighbours(ext.item_items, a) for a in (7, 5) if neighbours(ext.item_items, a)})
+    )
+    assert torch.allclose(loss, expected, atol=1e-5)
+    loss.backward()
+    assert model.user_emb.grad is not None and model.user_emb.grad[[1, 4]].abs().sum() > 0
+    assert model.user_emb.grad[[0, 2, 3, 5, 6]].abs().sum() == 0  # only candidates get gradients
+
+
+def test_lightgcn_lwckd_averages_two_layers():
+    data = tiny_stream(1)[0]
+    model = build_model(LightGCNConfig(dim=4, layers=2), data.n_users, data.n_items)
+    model.set_interactions(data.train)
+    layers = layer_tables(model)
+    assert len(layers) == 2 and layers[1][0].shape == (data.n_users, 4)
+    bpr = build_model(BPRConfig(dim=4), data.n_users, data.n_items)
+    assert len(layer_tables(bpr)) == 1
+
+
+# --- replay
+
+
+def test_replay_loss_chunks_labels_annealing_and_redraws():
+    model = BPRMF(BPRConfig(dim=4, seed=0), n_users=5, n_items=6)
+    replay = ReplaySet(np.array([0, 1, 2, 3, 4]), np.array([1, 2, 3, 4, 5]), np.array([0.9, 0.8, 0.1, 0.5, 0.7], np.float32))
+    draws = []
+    loss = ReplayLoss(model, lambda epoch: draws.append(epoch) or replay, steps_per_epoch=2, weight=0.5, temperature=10.0,
+                      resample_every=5)
+    batch = _pair_batch([0, 1, 2, 3], [0, 0, 0, 0])
+    users, items = model.user_emb.detach(), model.item_emb.detach()
+    for epoch in range(1, 8):
+        loss.start_epoch(epoch)
+        assert math.isclose(loss.weight, 0.5 * math.exp(-(epoch - 1) / 10))
+        total = sum(float(loss.loss(batch).detach()) for _ in range(2))
+        assert loss.loss(batch).item() == 0.0  # chunks used up: no term
+        scores = (users[replay.users] * items[replay.items]).sum(1)
+        expected = 0.5 * math.exp(-(epoch - 1) / 10) * F.binary_cross_entropy_with_logits(
+            scores, torch.as_tensor(replay.labels), reduction="sum") / 4
+        assert math.isclose(total, float(expected), rel_tol=1e-5)  # every pair once per epoch
+    assert draws == [1, 6]
+
+
+# --- proxies and updates
+
+
+def test_proxies_are_the_student_at_block_one_and_blends_later():
+    config = ContinualConfig(stability_weight=0.75, plasticity_weight=0.0)
+    d0 = BPRMF(BPRConfig(dim=3, seed=0), 4, 5)
+    s1, p1 = make_proxies(d0, None, None, config)
+    assert torch.equal(s1.user_emb, d0.user_emb) and torch.equal(p1.item_emb, d0.item_emb)
+    d1 = BPRMF(BPRConfig(dim=3, seed=1), 6, 7)
+    s2, p2 = make_proxies(d1, s1, p1, config)
+    assert torch.allclose(s2.user_emb[:4], 0.75 * d0.user_emb + 0.25 * d1.user_emb[:4])
+    assert torch.equal(s2.user_emb[4:], d1.user_emb[4:]) and torch.equal(p2.user_emb, d1.user_emb)
+    assert not any(p.requires_grad for p in s2.parameters())
+
+
+def test_student_update_learns_the_block_and_keeps_old_knowledge():
+    b0, b1 = tiny_stream(2)
+    config = tiny_config()
+    d0 = trained(BPRConfig(dim=8, seed=0), b0, config)
+    before = validate(d0, b0, split="test")["recall@20"]
+    stability, plasticity = make_proxies(d0, None, None, config.continual)
+    update = update_student(d0, stability, plasticity, b1, b0.train, config, progress=False)
+    model = update.model
+    assert (model.n_users, model.n_items) == (b1.n_users, b1.n_items)
+    assert d0.n_users == b0.n_users  # the previous student is not modified
+    assert not torch.equal(model.user_emb[: b0.n_users], d0.user_emb)
+    assert update.replay_pairs > 0
+    assert model.user_emb[b0.n_users :].abs().sum() > 0  # new users start from neighbours, not zero
+    old_test = BlockData(0, b1.n_users, b1.n_items, b0.train, b0.valid, b0.test, b1.seen_train)
+    after_old = validate(model, old_test, split="test")["recall@20"]
+    assert after_old >= 0.8 * before  # the old block is not forgotten
+    assert validate(model, b1, split="test")["recall@20"] > 0.3  # and the new one is learned
+
+
+def test_teacher_update_collaborative_and_vae_members():
+    b0, b1 = tiny_stream(2)
+    config = tiny_config(lwckd_anchors=16)
+    member = trained(LightGCNConfig(dim=8, layers=2, seed=0), b0, config)
+    student = trained(BPRConfig(dim=4, seed=0), b0, config)
+    stability, _ = make_proxies(student, None, None, config.continual)
+    cl = clone(student)
+    cl.grow(b1.n_users, b1.n_items, b1.train)
+    updated, result = update_member(member, b1, b0.train, config, [(stability, 2), (cl, 2)], progress=False)
+    assert (updated.n_users, updated.n_items) == (b1.n_users, b1.n_items)
+    assert not torch.equal(updated.user_emb[: b0.n_users], member.user_emb)
+    assert validate(updated, b1, split="test")["recall@20"] > 0.3 and result.epochs_run == 4
+    plain, _ = update_member(member, b1, b0.train, config, None, collaborative=False, progress=False)
+    assert not torch.equal(plain.user_emb, updated.user_emb)
+
+    vae = trained(VAEConfig(dim=4, hidden=16, seed=0), b0, config)
+    vae_next, _ = update_member(vae, b1, b0.train, config, [(stability, 2)], progress=False)
+    assert vae_next.n_items == b1.n_items
+    assert len(vae_next.interactions) == len(np.unique(b1.seen_train, axis=0))  # scores from the whole history
+
+
+# --- exclusion lists, evaluation, layout
+
+
+def test_exclusion_lists():
+    assert cap(40, 1000) == 40 and cap(40, 50) == 5
+    table = torch.tensor([[0.1, 0.9, 0.5, 0.2], [0.3, 0.2, 0.1, 0.0]])
+    from ccd.evaluate import UserItemCSR
+
+    recent = UserItemCSR.from_pairs(np.array([[0, 1], [1, 7]]), 2)  # item 7 is past the model's width
+    pairs = top_pairs(lambda users: table[users], np.array([0, 1]), 2, recent)
+    assert pairs.tolist() == [[0, 2], [0, 3], [1, 0], [1, 1]]
+    ids = np.array([[5, 6, -1], [7, -1, -1]])
+    assert list_pairs(ids, 2, np.array([0, 1, 9])).tolist() == [[0, 5], [0, 6], [1, 7]]
+
+
+def test_evaluation_matrix_summaries_gate_metrics_and_plot(tmp_path):
+    rows = [
+        {"trained": 0, "test": 0, "recall@20": 0.4, "ndcg@20": 0.2, "users": 3},
+        {"trained": 1, "test": 0, "recall@20": 0.2, "ndcg@20": 0.1, "users": 3},
+        {"trained": 1, "test": 1, "recall@20": 0.6, "ndcg@20": 0.3, "users": 2},
+    ]
+    out = summaries(rows)
+    assert out[0]["summary"] is None and out[1]["recall@20"] == 0.6
+    assert out[1]["summary"]["recall@20"] == pytest.approx({"LA": 0.5, "RA": 0.2, "H": 2 * 0.5 * 0.2 / 0.7})
+    assert gate_metrics(out[0])["h_recall@20"] == 0.4  # one block: H is its own value
+    assert gate_metrics(out[1])["h_ndcg@20"] == pytest.approx(2 * 0.25 * 0.1 / 0.35)
+    path = plot_hmean({"ccd student": [(1, 0.3), (2, 0.35)], "ccd teacher": [(1, 0.4)]}, tmp_path / "h.png", "t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    table = torch.tensor([[0.0, 1.0, 0.5], [1.0, 0.0, 0.5]])
+    matrix = evaluate_block(lambda users: table[users].clone(), 1, {0: np.array([[0, 1]]), 1: np.array([[1, 2]])},
+                            np.array([[1, 0]]), 3)
+    assert [(r["trained"], r["test"], r["recall@20"]) for r in matrix] == [(1, 0, 1.0), (1, 1, 1.0)]
+
+
+def test_layout_keeps_runs_apart(home):
+    default, retrain = Layout(home, "ccd"), Layout(home, "ccd", "r1")
+    assert default.model_dir(2, "student") == home.models / "ccd" / "block=2" / "student"
+    assert retrain.model_dir(2, "student") == home.models / "ccd" / "block=2" / "run=r1" / "student"
+    assert retrain.topk_dir(1) == home.lake / "teacher" / "ccd" / "block=1" / "run=r1"
+    assert retrain.run_keys == ("r1", "default") and default.run_keys == ("default",)
+    assert default.stage("student-update") == "ccd-student-update"
+    with pytest.raises(Exception):
+        Layout(home, "../x")
