@@ -35,6 +35,9 @@ class Home:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
     @classmethod
     def resolve(cls, home: str | os.PathLike | None = None) -> "Home":
         """Pick the home folder: argument, then `CCD_HOME`, then `./.ccd`; create it."""

@@ -11,7 +11,9 @@ from ccd.errors import BadInputError, CcdError
 from ccd.home import Home
 from ccd.locking import LockTimeoutError, file_lock, lock_path
 
-CTX = multiprocessing.get_context("fork")
+# Spawn, not fork: a clean interpreter per worker, whatever threads earlier tests left running
+# (a forked copy of a live Dask or server thread can kill the child before it runs).
+CTX = multiprocessing.get_context("spawn")
 
 
 def _hold(root, name, ready, release, shared=False):

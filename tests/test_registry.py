@@ -255,7 +255,7 @@ def _hammer(root, seed, rounds, results):
 def test_concurrent_promotions_serialize(home):
     for block in range(4):
         add(home, 0.3, block=block)
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # clean workers, see tests/test_locking.py
     results = ctx.Queue()
     workers = [ctx.Process(target=_hammer, args=(home.root, seed, 15, results)) for seed in (1, 2)]
     for worker in workers:

@@ -1,4 +1,4 @@
-"""One Prefect test server for all flow tests of a session: starting it costs 10-25 s.
+"""One Prefect test server for all flow tests (this package): starting it costs 10-25 s.
 
 The server's settings live in a temporary PREFECT_HOME, analytics are off (no network here),
 and the startup timeout is generous because a busy 2-core machine can take half a minute.
@@ -12,7 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 
-@pytest.fixture(scope="session")
+# Package scope: the server (and its threads) stops after the flow tests, before other tests
+# fork worker processes (a fork that copies a live server's threads can break the child).
+@pytest.fixture(scope="package")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The API URL of the session's Prefect test server; flows run in-process against it."""
     from prefect.settings import (
