@@ -10,6 +10,9 @@ import torch
 from ccd.distill.experts import DistillationExperts, gumbel_softmax, hidden_width, temperature
 from ccd.distill.rd import rank_weights, rd_loss
 from ccd.distill.rrd import rrd_loss
+from planted import single_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def direct_rrd(interesting: list[float], uninteresting: list[float]) -> float:

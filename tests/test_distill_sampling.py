@@ -14,6 +14,9 @@ from ccd.distill.sampling import (
     sample_uninteresting,
     teacher_lists,
 )
+from planted import single_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_pairset_membership_counts_and_transpose():

@@ -16,7 +16,9 @@ from ccd.ensemble import ITEM_TOPK, USER_TOPK, read_topk, write_topk
 from ccd.errors import TrainingError
 from ccd.models import Batch, BPRConfig, LightGCNConfig, build_model
 from ccd.train import train, validate
-from planted import planted_block
+from planted import planted_block, single_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 SMALL = DistillConfig(
     n_interesting=5, n_uninteresting=8, top_n=12, n_interesting_users=4, n_uninteresting_users=6,
