@@ -55,6 +55,19 @@ def prepare_home(home: Home, epochs: int, dim: int) -> None:
             registry.promote(home, "student", version.version, "bench_serve_load: initial")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (Linux /proc), None elsewhere.
+
+    On a shared machine, latency percentiles include waiting for a core; the server's CPU time
+    per request is the steadier measure of its own cost.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -155,11 +168,16 @@ def main() -> None:
         port = free_port()
         server = start_server(home, port, Path(scratch) / "serve.log")
         try:
+            before, client_before = cpu_seconds(server.pid), time.process_time()
             result = asyncio.run(load(f"http://127.0.0.1:{port}", users, args.concurrency, swap))
+            after, client_cpu = cpu_seconds(server.pid), time.process_time() - client_before
+            if before is not None and after is not None:
+                result["server_cpu_ms_per_request"] = round(1000 * (after - before) / args.requests, 3)
+            result["client_cpu_ms_per_request"] = round(1000 * client_cpu / args.requests, 3)
         finally:
             server.terminate()
             server.wait(timeout=30)
-    result.update({"cpu_count": os.cpu_count(), "swap": args.swap})
+    result.update({"cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2), "swap": args.swap})
     if args.json:
         print(json.dumps(result))
     else:
