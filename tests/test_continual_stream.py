@@ -28,7 +28,7 @@ TINY = [
     "teacher.members=[\"bpr:8\",\"lightgcn:8\"]", "teacher.top_k=50",
     "distill.student_dim=4", "distill.n_uninteresting=20", "distill.n_uninteresting_users=10",
     "continual.update_epochs=2", "continual.update_batch_size=4096", "continual.lwckd_anchors=64",
-    "continual.student_top=20", "continual.teacher_top=20", "continual.exclude_top=10",
+    "continual.student_top=20", "continual.teacher_top=20", "continual.exclude_top=10", "continual.kd_batch_size=4096",
 ]
 SETS = [arg for item in TINY for arg in ("--set", item)]
 

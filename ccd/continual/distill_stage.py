@@ -26,9 +26,12 @@ KD_METHOD = "rrd-ir"
 
 
 def distill_config(config: RunConfig) -> RunConfig:
-    """`config` with the distillation settings of CCD's stage 4 (method and loss weights)."""
+    """`config` with the settings of CCD's stage 4: method, loss weights and batch size."""
     c = config.continual
-    return config.replace(distill=dataclasses.replace(config.distill, method=KD_METHOD, lambda_rrd=c.kd_lambda_rrd, lambda_ir=c.kd_lambda_ir))
+    return config.replace(
+        train=dataclasses.replace(config.train, batch_size=c.kd_batch_size),
+        distill=dataclasses.replace(config.distill, method=KD_METHOD, lambda_rrd=c.kd_lambda_rrd, lambda_ir=c.kd_lambda_ir),
+    )
 
 
 def distill_block(

@@ -1,0 +1,146 @@
+"""CCD against every baseline on the Gowalla stream (six blocks), with timings per stage.
+
+    .venv/bin/python bench/bench_ccd_gowalla.py --home /tmp/ccd_gowalla --threads 1
+    .venv/bin/python bench/bench_ccd_gowalla.py --data data/sample --home /tmp/ccd_sample \\
+        --set teacher.members='["bpr:64x2","lightgcn:64"]' --set distill.student_dim=8
+
+Ingests the blocks into the home (a no-op when they are there), runs `ccd.continual.loop.
+run_stream` for each method in turn (block 0 is computed once and shared; finished stages are
+skipped, so an interrupted benchmark resumes), and prints markdown tables for
+docs/benchmarks.md:
+
+- student H-mean (Recall@20) after every block, and LA / RA / H (Recall@20, NDCG@20) at the end,
+  per method; the teacher's for the methods that keep one (ccd, kd);
+- parameters of the student and the teacher, their ratio, and the student's share of the
+  teacher's H-mean (targets: ratio <= 1/20, share >= 90%);
+- seconds per stage and block (wall and process CPU; CPU is the steady measure on a shared
+  machine) and one full CCD cycle per block.
+
+The whole result is also written to `<home>/reports/stream/bench_ccd.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ccd.atomic import write_text  # noqa: E402
+from ccd.config import RunConfig  # noqa: E402
+from ccd.continual.loop import run_stream  # noqa: E402
+from ccd.continual.state import METHODS  # noqa: E402
+from ccd.home import Home  # noqa: E402
+from ccd.lake.ingest import ingest_folder  # noqa: E402
+
+GOWALLA = ROOT.parent / "shared" / "datasets" / "gowalla"
+# The CPU-sized defaults of this benchmark; every one can be overridden with --set.
+DEFAULTS = [
+    "teacher.members=[\"bpr:64x2\",\"lightgcn:64\"]",  # 192 teacher dims vs a dim-8 student: 1/24 of the parameters
+    "distill.student_dim=8",
+    "distill.student_kind=bpr",
+    "train.eval_every=5",  # a full ranking of ~20k users costs more than an epoch on CPU
+    "train.patience=2",
+    "train.max_epochs=60",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(GOWALLA), help="folder of block_<K>.parquet files")
+    parser.add_argument("--home", required=True, help="state folder (kept: re-runs resume)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, CCD first")
+    parser.add_argument("--blocks", type=int, default=None, help="use blocks 0..N-1 (default all)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    home = Home.resolve(args.home)
+    config = RunConfig.load(None, DEFAULTS + args.overrides)
+
+    start = time.perf_counter()
+    ingest_folder(home, args.data, config.lake)
+    print(f"ingest: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    results, timings = {}, {}
+    for method in args.methods.split(","):
+        clock = StageClock()
+        last = None if args.blocks is None else args.blocks - 1
+        results[method] = run_stream(home, method, config, last, progress=False, callback=clock)
+        timings[method] = clock.rows
+        print(f"{method}: done", file=sys.stderr)
+    summary = {"command": sys.argv, "config": config.to_dict(), "results": results, "timings": timings,
+               "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "threads": torch.get_num_threads()}
+    write_text(home.reports / "stream" / "bench_ccd.json", json.dumps(summary, indent=2, default=str) + "\n")
+    print(markdown(results, timings))
+
+
+class StageClock:
+    """Stage callback recording wall and process-CPU seconds of every stage that ran now."""
+
+    def __init__(self) -> None:
+        self.started: dict[tuple[int, str], tuple[float, float]] = {}
+        self.rows: list[dict[str, Any]] = []
+
+    def __call__(self, stage: str, info: dict[str, Any]) -> None:
+        key = (info["block"], stage)
+        if info["event"] == "start":
+            self.started[key] = (time.perf_counter(), time.process_time())
+            print(f"block {info['block']} {stage} ...", file=sys.stderr, flush=True)
+        elif info["event"] == "done":
+            wall, cpu = self.started.pop(key)
+            row = {"block": info["block"], "stage": stage, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+            self.rows.append(row)
+            print(f"block {info['block']} {stage}: {row['wall_s']:.1f} s wall, {row['cpu_s']:.1f} s CPU", file=sys.stderr, flush=True)
+
+
+def markdown(results: dict[str, dict[str, Any]], timings: dict[str, list[dict[str, Any]]]) -> str:
+    lines = []
+    blocks = max(len(r["blocks"]) for r in results.values())
+    head = "| method | " + " | ".join(f"H D{k}" for k in range(1, blocks)) + " | LA R@20 | RA R@20 | H R@20 | H N@20 |"
+    lines += ["Student (served model) H-mean of LA and RA after each block, Recall@20:", "", head,
+              "|" + "---|" * (blocks + 4)]
+    for side in ("student", "teacher"):
+        for method, result in results.items():
+            part = result.get(side)
+            if not part:
+                continue
+            rows = part["blocks"]
+            hs = [f"{r['summary']['recall@20']['H']:.4f}" for r in rows[1:]]
+            final = rows[-1]["summary"]
+            name = method if side == "student" else f"{method} (teacher)"
+            lines.append(f"| {name} | " + " | ".join(hs) + f" | {final['recall@20']['LA']:.4f} | {final['recall@20']['RA']:.4f} | "
+                         f"{final['recall@20']['H']:.4f} | {final['ndcg@20']['H']:.4f} |")
+    if "ccd" in results and results["ccd"].get("teacher"):
+        ccd = results["ccd"]
+        s, t = ccd["student"], ccd["teacher"]
+        share = s["blocks"][-1]["summary"]["recall@20"]["H"] / t["blocks"][-1]["summary"]["recall@20"]["H"]
+        lines += ["", f"Parameters: student {s['params']:,}, teacher {t['params']:,} (ratio 1/{t['params'] / s['params']:.1f}); "
+                      f"CCD student keeps {share:.1%} of the teacher's final H-mean (Recall@20)."]
+    for method, rows in timings.items():
+        if not rows:
+            continue
+        per_stage: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
+        for row in rows:
+            per_stage[row["stage"]][row["block"]] = (row["wall_s"], row["cpu_s"])
+        done_blocks = sorted({row["block"] for row in rows})
+        lines += ["", f"Seconds per stage, {method} (wall / CPU):", "",
+                  "| stage | " + " | ".join(f"block {b}" for b in done_blocks) + " |", "|" + "---|" * (len(done_blocks) + 1)]
+        for stage, cells in per_stage.items():
+            lines.append(f"| {stage} | " + " | ".join(
+                f"{cells[b][0]:.1f} / {cells[b][1]:.1f}" if b in cells else "" for b in done_blocks) + " |")
+        total = lambda b, key: sum(r[key] for r in rows if r["block"] == b)
+        lines.append("| **all stages** | " + " | ".join(f"**{total(b, 'wall_s'):.1f} / {total(b, 'cpu_s'):.1f}**" for b in done_blocks) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
