@@ -22,7 +22,7 @@ from ccd.lake import catalog
 from ccd.lake.ingest import ingest_block
 from ccd.models import BPRConfig, build_model, io
 from ccd.report import build_dashboard
-from conftest import make_block
+from tests.conftest import make_block
 
 CHROMIUM = shutil.which("chromium")
 SECTIONS = ["Blocks and validation", "Quality over blocks", "Models: size and scoring latency", "Registry history"]
@@ -102,6 +102,7 @@ def test_dashboard_shows_every_section_from_the_records(full_home, tmp_path):
                      r"(<td class=\"num\">[0-9.]+</td>){3}<td class=\"num\">0\.2600</td></tr>", page)
     assert "1.5" in page and "Stage seconds per block" in page
     assert "ms, 1 user (p50)" in page and result["problems"] == []
+    assert _png_size(tmp_path / "dash" / "models.png")[0] == 1100  # sizes and latencies side by side
     # The current production (v2) is the highlighted row.
     assert re.search(r'<tr class="current"><td>student</td><td class="num">2</td>', page)
 
@@ -133,6 +134,8 @@ def test_registry_metrics_stand_in_without_stream_reports(full_home, tmp_path):
     page = open(result["path"]).read()
     assert result["series"] == ["ccd student"]
     assert "the registry&#x27;s metrics of each version" in page
+    assert "Latency: top-20" not in page  # not timed: no latency note, and models.png has the size panel only
+    assert _png_size(home.reports / "dashboard" / "models.png")[0] == 600
     assert result["path"] == str(home.reports / "dashboard" / "index.html")
 
 

@@ -42,6 +42,7 @@ tr.current td { background: #f0f7ff; }
 .muted { color: #57606a; }
 .empty { color: #57606a; font-style: italic; margin: 8px 0; }
 .problems { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 8px; padding: 8px 16px; margin-top: 20px; }
+.scroll { overflow-x: auto; }
 img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
 """
 BADGE_COLOURS = {**STATUS_COLOURS, "production": "#0969da", "candidate": "#8250df", "archived": "#6e7781",
@@ -144,17 +145,18 @@ def _latest(series: Series) -> dict[str, Any]:
 
 
 def _models_section(data: DashboardData, plot: Path | None) -> str:
-    rows = [{**v, "h": v["metrics"].get("h_" + METRIC), "r": v["metrics"].get(METRIC),
+    rows = [{**v, "status_html": _status(v), "h": v["metrics"].get("h_" + METRIC), "r": v["metrics"].get(METRIC),
              "lat1": (v["latency"] or {}).get("p50_ms_1_user"), "latb": (v["latency"] or {}).get("ms_256_users")}
             for v in data.versions]
     table = _table(rows, [
         ("name", "name", None), ("version", "version", None), ("block", "block", None), ("method", "method", None),
         ("created", "created_at", _when), ("parameters", "n_params", lambda v: f"{v:,}"), ("H " + METRIC, "h", _num), (METRIC, "r", _num),
         ("ms, 1 user (p50)", "lat1", lambda v: _num(v, 3)), ("ms, 256 users", "latb", lambda v: _num(v, 3)),
-        ("status", "status", _badge), ("aliases", "aliases", lambda v: " ".join(_badge(a) for a in v)),
+        ("status", "status_html", str),  # already HTML: badges
     ], "No registered models yet.", current=lambda r: "production" in r["aliases"])
-    note = ("<p class=\"muted\">Latency: top-20 over all items on this machine's serving device, timed when the "
-            "dashboard was written (median of 50 one-user calls; one call for 256 users).</p>") if data.versions else ""
+    note = ("<p class=\"muted\">Latency: top-20 over all items on this machine's CPU, timed when the "
+            "dashboard was written (median of 50 one-user calls; one call for 256 users).</p>") \
+        if any(v["latency"] for v in data.versions) else ""
     return _section("Models: size and scoring latency", _image(plot, "model sizes and latencies") + note + table)
 
 
@@ -192,7 +194,7 @@ def _table(
             cells.append(f"<td class=\"num\">{text}</td>" if right else f"<td>{text}</td>")
         marker = " class=\"current\"" if current and current(row) else ""
         lines.append(f"<tr{marker}>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>\n"
+    return f"<div class=\"scroll\"><table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table></div>\n"
 
 
 def _is_numeric(values: list[Any]) -> bool:
@@ -208,6 +210,12 @@ def _when(value: Any) -> str:
 
 def _image(plot: Path | None, alt: str) -> str:
     return f"<img src=\"{_e(plot.name)}\" alt=\"{_e(alt)}\">" if plot is not None else ""
+
+
+def _status(version: dict[str, Any]) -> str:
+    """A version's status badge, plus its aliases where they say something else (HTML)."""
+    extra = [a for a in version["aliases"] if a != version["status"]]
+    return " ".join(_badge(v) for v in [version["status"], *extra])
 
 
 def _badge(value: Any) -> str:

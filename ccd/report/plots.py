@@ -76,25 +76,27 @@ def plot_quality(data: DashboardData, path: Path) -> Path | None:
 
 
 def plot_models(data: DashboardData, path: Path) -> Path | None:
-    """Parameter count (log scale) and one-user scoring latency of every registered version."""
+    """Parameter count of every registered version and, when timed, its one-user latency."""
     if not data.versions:
         return None
-    figure = Figure(figsize=(11, 3.6))
-    size_axes, latency_axes = figure.subplots(1, 2)
+    timed = any(v["latency"] for v in data.versions)
+    figure = Figure(figsize=(11, 3.6) if timed else (6, 3.6))
+    panels = figure.subplots(1, 2 if timed else 1, squeeze=False)[0]
     labels = [f"{v['name'][0]}{v['version']}" for v in data.versions]
     colours = [NAME_COLOURS.get(v["name"], "#76b7b2") for v in data.versions]
     positions = range(len(labels))
     sizes = [max(v["n_params"], 1) for v in data.versions]
-    bars = size_axes.bar(positions, sizes, color=colours)
-    size_axes.bar_label(bars, [f"{n:,}" for n in sizes], fontsize=7)
+    bars = panels[0].bar(positions, sizes, color=colours)
+    panels[0].bar_label(bars, [f"{n:,}" for n in sizes], fontsize=7)
     if max(sizes) > 50 * min(sizes):  # teachers next to students: a linear axis would flatten the students
-        size_axes.set_yscale("log")
-    size_axes.margins(y=0.12)
-    size_axes.set_title("parameters per registered version")
-    latency = [(v["latency"] or {}).get("p50_ms_1_user", 0.0) for v in data.versions]
-    latency_axes.bar(positions, latency, color=colours)
-    latency_axes.set_title("scoring latency, one user (median ms)")
-    for axes in (size_axes, latency_axes):
+        panels[0].set_yscale("log")
+    panels[0].margins(y=0.12)
+    panels[0].set_title("parameters per registered version")
+    if timed:
+        latency = [(v["latency"] or {}).get("p50_ms_1_user", 0.0) for v in data.versions]
+        panels[1].bar(positions, latency, color=colours)
+        panels[1].set_title("scoring latency, one user (median ms)")
+    for axes in panels:
         axes.set_xticks(list(positions), labels, rotation=90 if len(labels) > 20 else 0, fontsize=8)
         axes.set_xlabel("version (s = student, t = teacher)")
         axes.grid(alpha=0.3, axis="y")
