@@ -25,7 +25,7 @@ from ccd.models import BPRConfig, build_model, io
 from ccd.serve.app import create_app
 from ccd.serve.service import RecommendService
 from ccd.train import train
-from conftest import make_block
+from tests.conftest import make_block
 
 FAST = TrainConfig(max_epochs=2, batch_size=256, device="cpu")
 SERVING = ServingConfig(max_k=100, default_k=20, refresh_seconds=0.05, device="cpu")
