@@ -112,6 +112,10 @@ class TrainConfig:
     max_epochs: int = 100
     eval_every: int = 1
     patience: int = 10
+    # No early stop before this epoch. An untrained LightGCN already ranks by graph structure
+    # (valid Recall@20 0.24 at epoch 1 on the sample stream), dips while BPR reshapes it and
+    # passes that only after ~17 epochs; patience alone would stop it in the dip.
+    min_epochs: int = 20
     # Users per chunk when ranking all items for validation.
     eval_batch_users: int = 1024
     # "auto": CUDA when available, else CPU; or an explicit torch device such as "cpu".

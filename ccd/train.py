@@ -5,7 +5,8 @@
 Each epoch: draw the epoch's batches on the device (BPR triples with exact uniform negatives,
 or user rows for Mult-VAE), take one Adam step per batch on `model.training_loss`, then every
 `eval_every` epochs rank all items for the validation users and keep the best state by valid
-Recall@20; stop after `patience` evaluations without improvement and restore the best state.
+Recall@20; stop after `patience` evaluations without improvement (not before `min_epochs`)
+and restore the best state.
 All randomness comes from one seeded generator on the device, so a CPU run is reproducible.
 """
 
@@ -213,7 +214,7 @@ def train(
         log.info("%s epoch %d: %s", model.kind, epoch, record)
         if callback is not None:
             callback(epoch, record)
-        if stale >= config.patience:
+        if stale >= config.patience and epoch >= config.min_epochs:
             break
     bar.close()
 

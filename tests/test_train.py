@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ from planted import planted_block, single_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-FAST = TrainConfig(lr=0.02, batch_size=256, user_batch_size=32, max_epochs=25, eval_every=1, patience=4, device="cpu")
+FAST = TrainConfig(lr=0.02, batch_size=256, user_batch_size=32, max_epochs=25, eval_every=1, patience=4, min_epochs=0, device="cpu")
 CONFIGS = [BPRConfig(dim=16, seed=3), LightGCNConfig(dim=16, layers=2, seed=3), VAEConfig(dim=16, hidden=32, seed=3)]
 IDS = ["bpr", "lightgcn", "vae"]
 
@@ -95,12 +96,15 @@ def test_training_learns_planted_structure(config):
     assert result.seconds_per_epoch > 0 and result.device == "cpu"
 
 
-def test_early_stopping_respects_patience():
+def test_early_stopping_respects_patience_and_min_epochs():
     data = planted_block()
-    config = TrainConfig(lr=0.05, batch_size=256, max_epochs=200, patience=2, device="cpu")
+    config = TrainConfig(lr=0.05, batch_size=256, max_epochs=200, patience=2, min_epochs=0, device="cpu")
     result = train(build_model(BPRConfig(dim=8), data.n_users, data.n_items), data, config, progress=False)
     assert result.stopped_early and result.epochs_run < 200
     assert result.epochs_run - result.best_epoch == 2  # two evaluations without improvement
+    late = dataclasses.replace(config, min_epochs=result.epochs_run + 5)
+    result = train(build_model(BPRConfig(dim=8), data.n_users, data.n_items), data, late, progress=False)
+    assert result.epochs_run == late.min_epochs  # patience ran out earlier, but not before min_epochs
 
 
 def test_eval_every_and_no_validation_data():
