@@ -1,9 +1,10 @@
 """`process-block`: one interaction block through the pipeline, stage by stage, resumable.
 
-    python -m flows.process_block data/sample/block_0.parquet --block 0 --home .ccd
+    python -m flows.process_block data/sample/block_1.parquet --block 1 --home .ccd
 
-Every stage is recorded in the stage ledger (`ccd stages`), so running the flow again after a
-failure or a kill redoes nothing that finished and continues at the first unfinished stage.
+Ingest and validate, then the CCD loop's stages of the block (`ccd.continual.loop`), each one
+task through the stage ledger (`ccd stages`), so running the flow again after a failure or a
+kill redoes nothing that finished and continues at the first unfinished stage.
 """
 
 from __future__ import annotations
@@ -13,24 +14,81 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import wait
 
 from ccd.config import RunConfig
+from ccd.continual.state import METHODS
 from ccd.errors import BadInputError, ValidationFailedError
 from ccd.home import Home
 from ccd.models import parse_members
 from ccd.stages import DEFAULT_RUN_KEY
 from flows.options import add_config_options, config_parameter
 from flows.tasks import (
-    distill_student, ingest, publish_student, publish_teacher, publish_validation, train_member, train_teacher,
+    MEMBER, block_key, ingest, ledger_name, loop_stage, publish_metrics, publish_registry, publish_validation,
 )
 
-# The stages in order; `until` stops after one of them.
-PIPELINE = ("ingest", "teacher", "distill")
+# Where a run may stop: after ingest (the lake only), after evaluation, or at the end (the CCD
+# student registered and proposed through the registry's gate; other methods end at evaluate).
+UNTIL = ("ingest", "evaluate", "register")
 
 
-def check_until(until: str) -> None:
-    if until not in PIPELINE:
-        raise BadInputError(f"unknown stage {until!r}: the pipeline is {' → '.join(PIPELINE)}")
+def check_options(until: str, method: str = "ccd") -> None:
+    if until not in UNTIL:
+        raise BadInputError(f"unknown stop point {until!r}: choose from {', '.join(UNTIL)}")
+    if method not in METHODS:
+        raise BadInputError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
+
+
+def block_plan(block: int, method: str, config: RunConfig, until: str = UNTIL[-1]) -> list[tuple[str, ...]]:
+    """The model stages of one block, in order, as groups of stages that run side by side.
+
+    The order of `ccd.continual.loop.run_block`. Block 0 (every method): teacher members,
+    ensemble, the first student D_0, evaluation. A CCD block k: student update, teacher members,
+    ensemble, distillation of D_k, evaluation. KD: the same without the student update (and
+    without the collaborative terms). The other baselines: one student stage, evaluation. CCD
+    then registers the block's student.
+    """
+    members = tuple(MEMBER + name for name, _ in parse_members(config.teacher.members, config.teacher.lightgcn_layers, config.teacher.base_seed))
+    if block == 0:
+        groups = [members, ("ensemble",), ("student",), ("evaluate",)]
+    elif method == "ccd":
+        groups = [("student-update",), members, ("ensemble",), ("distill",), ("evaluate",)]
+    elif method == "kd":
+        groups = [members, ("ensemble",), ("distill",), ("evaluate",)]
+    else:
+        groups = [("student",), ("evaluate",)]
+    return groups + [("register",)] if method == "ccd" and until == "register" else groups
+
+
+def final_stage(block: int, method: str, until: str) -> str:
+    """The ledger name of the block's last stage up to `until`: done means the block is done."""
+    if until == "ingest":
+        return "ingest"
+    return ledger_name(block, "register" if method == "ccd" and until == "register" else "evaluate", method)
+
+
+def run_stages(home: Home, block: int, config: RunConfig, method: str, run_key: str,
+               groups: list[tuple[str, ...]]) -> dict[str, Any]:
+    """Run `groups` of `block` in order, each group's stages as parallel tasks; publish as they finish.
+
+    Every stage is one `loop_stage` task (the flow's task runner places it: a thread, or a Dask
+    worker). After evaluation the metrics table is published, after registration the registry's
+    decision. Returns each stage's outputs by stage name.
+    """
+    progress = create_progress_artifact(0.0, key=block_key("progress", block, method, run_key),
+                                        description=f"{method} stages of block {block} (run {run_key})")
+    outputs: dict[str, Any] = {}
+    for done, group in enumerate(groups, start=1):
+        futures = {stage: loop_stage.submit(home, block, stage, config, method, run_key) for stage in group}
+        wait(list(futures.values()))  # let every member finish (or fail) before the first error stops the flow
+        outputs.update({stage: future.result() for stage, future in futures.items()})
+        update_progress_artifact(progress, 100.0 * done / len(groups))
+        if "evaluate" in group:
+            publish_metrics(home, block, config, method, run_key)
+        if "register" in group:
+            publish_registry(home, block, outputs["register"], run_key)
+    return outputs
 
 
 @flow(name="process-block", flow_run_name="block {block}", log_prints=True)
@@ -39,26 +97,25 @@ def process_block(
     block: int,
     home: str | None = None,
     config: dict[str, Any] | None = None,
-    until: str = PIPELINE[-1],
+    method: str = "ccd",
+    until: str = UNTIL[-1],
 ) -> dict[str, Any]:
     """Run block `block`, read from `block_file`, through the pipeline up to stage `until`.
 
     1. ingest and validate: map ids, split, write to the lake; a rejected block is quarantined
        and the flow fails with the report's path. The verdict is published either way.
-    2. teacher: every member is its own task (run side by side by the flow's task runner, e.g.
-       on a Dask cluster of GPU machines), then the ensemble and its top-K lists; the metrics
-       are published as a table.
-    3. distill: a compact student from the teacher's lists with `distill.method` (DE-RRD by
-       default), compared with the teacher (accuracy, parameters, latency) in a table.
+    2. the CCD loop's stages of the block (`block_plan`); teacher members run side by side (on
+       a Dask cluster of GPU machines with `runner`), each stage one task through the ledger.
+    3. the metrics table (student and teacher, this block and earlier ones: LA, RA, H) and, for
+       CCD, the registry's decision on the block's student, as artifacts.
 
-    `config` holds `RunConfig` sections that differ from the defaults, e.g.
+    Earlier blocks must be done (the loop builds on them). `method` is CCD or a baseline of
+    `ccd stream`; `config` holds `RunConfig` sections that differ from the defaults, e.g.
     `{"teacher": {"members": ["bpr:64x2"]}}`. Returns each stage's outputs.
     """
-    check_until(until)
+    check_options(until, method)
     where, cfg = Home.resolve(home), RunConfig.from_dict(config or {})
     outputs: dict[str, Any] = {}
-
-    # 1. ingest and validate
     try:
         outputs["ingest"] = ingest(where, Path(block_file), block, cfg.lake)
     except ValidationFailedError:
@@ -67,37 +124,19 @@ def process_block(
     publish_validation(where, block)
     if until == "ingest":
         return outputs
-
-    # 2. teacher: members side by side, then the ensemble
-    outputs["teacher"] = update_teacher(where, block, cfg)
-    if until == "teacher":
-        return outputs
-
-    # 3. distill the compact student from the teacher
-    outputs["distill"] = distill_student(where, block, cfg)
-    publish_student(block, outputs["distill"])
+    outputs.update(run_stages(where, block, cfg, method, DEFAULT_RUN_KEY, block_plan(block, method, cfg, until)))
     return outputs
-
-
-def update_teacher(home: Home, block: int, config: RunConfig, run_key: str = DEFAULT_RUN_KEY, retrain: bool = False) -> dict[str, Any]:
-    """Train the members as parallel tasks, then the ensemble; publish its table; return its report."""
-    names = [name for name, _ in parse_members(config.teacher.members, config.teacher.lightgcn_layers, config.teacher.base_seed)]
-    members = [train_member.submit(home, block, name, config, run_key, retrain) for name in names]
-    for member in members:
-        member.result()  # raises the first member's error, if any
-    report = train_teacher(home, block, config, run_key)
-    publish_teacher(block, report)
-    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=process_block.__doc__.splitlines()[0])
     parser.add_argument("block_file")
     parser.add_argument("--block", type=int, required=True)
-    parser.add_argument("--until", default=PIPELINE[-1], choices=PIPELINE)
+    parser.add_argument("--method", default="ccd", choices=METHODS)
+    parser.add_argument("--until", default=UNTIL[-1], choices=UNTIL)
     add_config_options(parser)
     args = parser.parse_args()
-    process_block(args.block_file, args.block, args.home, config_parameter(args), args.until)
+    process_block(args.block_file, args.block, args.home, config_parameter(args), args.method, args.until)
 
 
 if __name__ == "__main__":

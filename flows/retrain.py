@@ -1,10 +1,12 @@
 """`retrain`: re-run stages of one block with other settings, started by hand.
 
-    python -m flows.retrain 1 --stages distill --method rd --set train.lr=0.01 --home .ccd
-    prefect deployment run 'retrain/retrain' -p block=1 -p method=rd -p 'config={"train": {"lr": 0.01}}'
+    python -m flows.retrain 1 --stages distill --set train.lr=0.01 --home .ccd
+    prefect deployment run 'retrain/retrain' -p block=1 -p 'stages=["distill"]' -p 'config={"train": {"lr": 0.01}}'
 
-The stages run under a new run key (`retrain-<UTC time>` unless given), so the stage ledger
-keeps the block's earlier records next to the retrain's, and `ccd stages --run-key KEY` shows it.
+The stages run under a new run key (`retrain-<UTC time>` unless given): the loop writes their
+models under `.../block=K/run=<key>/` and the stage ledger records them under the key, so the
+block's earlier results (and every other block's) stay as they were. The retrained CCD student
+is registered as a new version and proposed through the registry's gate.
 """
 
 from __future__ import annotations
@@ -15,63 +17,81 @@ from typing import Any
 from prefect import flow
 
 from ccd.config import RunConfig
+from ccd.continual.state import METHODS
 from ccd.errors import BadInputError
 from ccd.home import Home
 from ccd.lake import catalog
 from flows.options import add_config_options, config_parameter
-from flows.process_block import PIPELINE, update_teacher
-from flows.tasks import distill_student, publish_student
+from flows.process_block import block_plan, check_options, run_stages
+from flows.tasks import MEMBER
 
-# Stages a retrain can re-run; a block's data is replaced with `ccd ingest --replace` instead.
-RETRAINABLE = tuple(stage for stage in PIPELINE if stage != "ingest")
+# Block 0's teacher members and ensemble lists live in `models/block=0/` (`ccd.teacher`), shared
+# by every run key: retraining them would overwrite the default run's.
+SHARED_BASE = ("teacher", "ensemble")
+
+
+def stage_label(stage: str) -> str:
+    """A stage as a retrain names it: every `teacher-<member>` is "teacher"."""
+    return "teacher" if stage.startswith(MEMBER) else stage
+
+
+def retrain_groups(block: int, stages: list[str] | None, method: str, config: RunConfig) -> list[tuple[str, ...]]:
+    """The groups a retrain runs: from the first chosen stage to the end of the block.
+
+    Every later stage consumes what the chosen ones produce (the teacher learns from the updated
+    student, the student is distilled from the teacher, evaluation and registration judge the
+    student), so it runs again too; earlier stages are read from the default run.
+    """
+    plan = block_plan(block, method, config)
+    labels = [stage_label(group[0]) for group in plan]
+    chosen = list(stages or labels)
+    unknown = [s for s in chosen if s not in labels]
+    if unknown:
+        raise BadInputError(f"cannot retrain stage(s) {', '.join(unknown)} of block {block} ({method}): choose from {', '.join(labels)}")
+    shared = [s for s in chosen if block == 0 and s in SHARED_BASE]
+    if shared:
+        raise BadInputError(f"block 0's {' and '.join(shared)} are shared by every run and cannot be retrained under "
+                            "another run key; retrain its student, or start a new home folder")
+    return plan[min(labels.index(s) for s in chosen):]
 
 
 @flow(name="retrain", flow_run_name="retrain block {block}", log_prints=True)
 def retrain(
     block: int,
     stages: list[str] | None = None,
-    method: str | None = None,
+    method: str = "ccd",
     config: dict[str, Any] | None = None,
     home: str | None = None,
     run_key: str | None = None,
 ) -> dict[str, Any]:
-    """Re-run `stages` (default: all retrainable) of ingested block `block` under a new run key.
+    """Re-run `stages` of block `block` (and the block's later stages) under a new run key.
 
-    `method` is the distillation method (`distill.method`, e.g. "rd"); `config` holds the other
-    settings that differ from the defaults, e.g. `{"train": {"lr": 0.01}}` or
-    `{"teacher": {"members": ["lightgcn:128x2"]}}`. The teacher is retrained from scratch
-    (members too, even where saved ones match) and replaces the block's teacher files; the
-    student goes to `models/block=K/student-<method>/`. Returns the run key and each stage's
-    outputs.
+    `stages` (default: all of the block's) are names of `process-block`'s stages: for a CCD
+    block k >= 1 `student-update`, `teacher` (every member), `ensemble`, `distill`, `evaluate`,
+    `register`; for block 0 `student`, `evaluate`, `register`. `method` is CCD or a baseline;
+    `config` holds the settings that differ from the defaults, e.g. `{"train": {"lr": 0.01}}`.
+    The block and the blocks before it must be done in the default run. Giving the key of an
+    interrupted retrain resumes it. Returns the run key and each stage's outputs.
     """
-    stages = list(stages or RETRAINABLE)
-    unknown = sorted(set(stages) - set(RETRAINABLE))
-    if unknown:
-        raise BadInputError(f"cannot retrain stage(s) {', '.join(unknown)}: choose from {', '.join(RETRAINABLE)}")
-    values = dict(config or {})
-    if method is not None:
-        values["distill"] = {**values.get("distill", {}), "method": method}
-    where, cfg = Home.resolve(home), RunConfig.from_dict(values)
+    check_options("register", method)
+    values = RunConfig.from_dict(config or {})
+    groups = retrain_groups(block, stages, method, values)
+    where = Home.resolve(home)
     key = run_key or f"retrain-{catalog.utc_now():%Y%m%dT%H%M%S}"
-    print(f"retraining {', '.join(stages)} of block {block} under run key {key}")
-    outputs: dict[str, Any] = {"run_key": key}
-    if "teacher" in stages:
-        outputs["teacher"] = update_teacher(where, block, cfg, key, retrain=True)
-    if "distill" in stages:
-        outputs["distill"] = distill_student(where, block, cfg, key)
-        publish_student(block, outputs["distill"])
-    return outputs
+    print(f"retraining {' → '.join(stage_label(g[0]) for g in groups)} of block {block} ({method}) under run key {key}")
+    return {"run_key": key, "stages": run_stages(where, block, values, method, key, groups)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=retrain.__doc__.splitlines()[0])
     parser.add_argument("block", type=int)
-    parser.add_argument("--stages", default=",".join(RETRAINABLE), help="comma-separated stages")
-    parser.add_argument("--method", default=None, help="distillation method (default: config distill.method)")
+    parser.add_argument("--stages", default=None, help="comma-separated stages (default: all of the block's)")
+    parser.add_argument("--method", default="ccd", choices=METHODS)
     parser.add_argument("--run-key", default=None)
     add_config_options(parser)
     args = parser.parse_args()
-    retrain(args.block, args.stages.split(","), args.method, config_parameter(args), args.home, args.run_key)
+    stages = args.stages.split(",") if args.stages else None
+    retrain(args.block, stages, args.method, config_parameter(args), args.home, args.run_key)
 
 
 if __name__ == "__main__":

@@ -16,20 +16,23 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ccd import atomic, stages
+from ccd.config import RunConfig
+from ccd.continual.state import METHODS
 from ccd.errors import ValidationFailedError
 from ccd.home import Home
 from ccd.lake import catalog
 from ccd.lake.ingest import block_files
-from flows.process_block import PIPELINE, check_until, process_block
 from flows.options import add_config_options, config_parameter
+from flows.process_block import UNTIL, check_options, final_stage, process_block
 from flows.runners import task_runner
-from flows.tasks import IO_RETRIES, IO_RETRY_DELAYS, transient
+from flows.tasks import IO_RETRIES, IO_RETRY_DELAYS, transient, write_dashboard, write_stream_report
 
 
 @task(name="find-new-blocks", cache_policy=NO_CACHE, retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, retry_condition_fn=transient)
-def find_new_blocks(home: Home, landing_folder: Path, until: str) -> list[tuple[int, Path]]:
-    """Block files of the landing folder whose stage `until` is not done yet, in block order."""
-    return [(block, path) for block, path in block_files(landing_folder) if not stages.is_done(home, block, until)]
+def find_new_blocks(home: Home, landing_folder: Path, until: str, method: str = "ccd") -> list[tuple[int, Path]]:
+    """Block files of the landing folder whose last stage up to `until` is not done yet, in block order."""
+    return [(block, path) for block, path in block_files(landing_folder)
+            if not stages.is_done(home, block, final_stage(block, method, until))]
 
 
 @task(name="earlier-rejection", task_run_name="earlier rejection of block {block}", cache_policy=NO_CACHE,
@@ -50,20 +53,22 @@ def stream_ingest(
     landing_folder: str,
     home: str | None = None,
     config: dict[str, Any] | None = None,
-    until: str = PIPELINE[-1],
+    method: str = "ccd",
+    until: str = UNTIL[-1],
     runner: str = "threads",
 ) -> list[int]:
     """Run every new block of `landing_folder` through `process-block`, oldest first.
 
-    A block is new until its stage `until` is done. A rejected block stops the stream: the run
-    fails naming the quarantine report, and later blocks wait. The same rejected file is not
-    validated again by later runs; replace it (or fix the lake policy and run `process-block`
-    by hand) to go on. Returns the blocks processed.
+    A block is new until its last stage up to `until` is done. A rejected block stops the
+    stream: the run fails naming the quarantine report, and later blocks wait. The same rejected
+    file is not validated again by later runs; replace it (or fix the lake policy and run
+    `process-block` by hand) to go on. After new blocks went past ingest, the stream report and
+    the ops dashboard are rewritten. Returns the blocks processed.
     """
-    check_until(until)
+    check_options(until, method)
     where = Home.resolve(home)
     run_block = process_block.with_options(task_runner=task_runner(runner))
-    new = find_new_blocks(where, Path(landing_folder), until)
+    new = find_new_blocks(where, Path(landing_folder), until, method)
     print(f"{len(new)} new block(s) in {landing_folder}: {[block for block, _ in new]}")
     for block, path in new:
         report = earlier_rejection(where, block, path)
@@ -72,18 +77,22 @@ def stream_ingest(
                 f"block {block} ({path}) was rejected before and has not changed; later blocks wait. "
                 f"Report: {report}. Replace the file to go on."
             )
-        run_block(str(path), block, str(where.root), config, until)
+        run_block(str(path), block, str(where.root), config, method, until)
+    if new and until != "ingest":
+        write_stream_report(where, RunConfig.from_dict(config or {}), method, new[-1][0])
+        print(f"dashboard: {write_dashboard(where)}")
     return [block for block, _ in new]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=stream_ingest.__doc__.splitlines()[0])
     parser.add_argument("landing_folder")
-    parser.add_argument("--until", default=PIPELINE[-1], choices=PIPELINE)
+    parser.add_argument("--method", default="ccd", choices=METHODS)
+    parser.add_argument("--until", default=UNTIL[-1], choices=UNTIL)
     parser.add_argument("--runner", default="threads", help="threads, dask, or a Dask scheduler address")
     add_config_options(parser)
     args = parser.parse_args()
-    stream_ingest(args.landing_folder, args.home, config_parameter(args), args.until, args.runner)
+    stream_ingest(args.landing_folder, args.home, config_parameter(args), args.method, args.until, args.runner)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,12 @@
 `ccd.stages.run_stage` records every stage in the catalog, so a task whose stage is already done
 returns the recorded outputs at once: a re-run of an interrupted flow resumes at the first
 unfinished stage. Prefect's own result caching is off (`NO_CACHE`) because the ledger is the one
-record of what finished, shared with `ccd stages` and the CLI.
+record of what finished, shared with `ccd stages`, `ccd stream` and the CLI.
+
+The model stages are the CCD loop's own (`ccd.continual.loop`), under its ledger names: block 0's
+`base-teacher-<member>`, `base-ensemble`, `base-student`, `base-evaluate`, shared by every
+method, then per method `<method>-student-update`, `<method>-teacher-<member>`, ... and
+`ccd-register`. So a flow and `ccd stream` over the same home folder share their finished work.
 
 Only tasks that read or write shared storage retry, and only on errors a second attempt can fix
 (`transient`): a file system hiccup, a DuckDB I/O error, a lock held too long by another writer.
@@ -14,19 +19,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import duckdb
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from ccd import teacher
+from ccd import registry
 from ccd.config import LakeConfig, RunConfig
-from ccd.distill.run import distill_stored
+from ccd.continual import evaluation, loop
+from ccd.continual.loop import Run
+from ccd.continual.state import Layout
 from ccd.home import Home
 from ccd.lake import catalog
 from ccd.lake.ingest import ingest_block
@@ -39,8 +47,8 @@ from ccd.stages import DEFAULT_RUN_KEY, run_stage
 IO_RETRIES = 3
 IO_RETRY_DELAYS = [5, 30, 120]
 TRANSIENT = (OSError, duckdb.IOException, LockTimeoutError)
-TEACHER_COLUMNS = ["member", "kind", "params", "status", "best_epoch", "epochs", "s_per_epoch",
-                   "valid_recall@20", "valid_ndcg@20", "test_recall@20", "test_ndcg@20"]
+MEMBER = "teacher-"  # stage `teacher-<member>`: one teacher member
+METRIC_COLUMNS = ["model", "after_block", "recall@20", "ndcg@20", "LA", "RA", "H", "H_ndcg@20", "params"]
 
 
 def transient(task, task_run, state) -> bool:
@@ -51,6 +59,17 @@ def transient(task, task_run, state) -> bool:
 def artifact_key(*parts: Any) -> str:
     """A Prefect artifact key (lowercase letters, digits, dashes) from readable parts."""
     return re.sub(r"[^a-z0-9]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")
+
+
+def block_key(kind: str, block: int, method: str = "ccd", run_key: str = DEFAULT_RUN_KEY) -> str:
+    """Stable artifact key of a block's `kind` ("metrics", "registry", "progress").
+
+    The CCD default run's keys are short (`metrics-block-3`); another method or a retrain gets
+    its own key, so it never shows up as a newer version of the default run's artifact.
+    """
+    prefix = (kind,) if method == "ccd" else (kind, method)
+    suffix = () if run_key == DEFAULT_RUN_KEY else (run_key,)
+    return artifact_key(*prefix, "block", block, *suffix)
 
 
 @task(name="ingest", task_run_name="ingest block {block}", cache_policy=NO_CACHE,
@@ -81,71 +100,122 @@ def publish_validation(home: Home, block: int) -> str:
     return report.status
 
 
-@task(name="train-teacher-member", task_run_name="train teacher member {name} of block {block}", cache_policy=NO_CACHE)
-def train_member(home: Home, block: int, name: str, config: RunConfig,
-                 run_key: str = DEFAULT_RUN_KEY, retrain: bool = False) -> dict[str, Any]:
-    """Train (or reuse) one teacher member (`ccd.teacher.train_member`), logging every epoch."""
-    progress = EpochProgress(f"teacher member {name} of block {block}", config.train.max_epochs,
-                             artifact_key("progress-teacher", name, "block", block))
-    work = partial(teacher.train_member, home, block, name, config, retrain=retrain, progress=False, callback=progress)
-    row = run_stage(home, block, f"teacher-{name}", work, run_key=run_key)
-    progress.finish()
-    return row
+# --- the CCD loop's stages
 
 
-@task(name="teacher-ensemble", task_run_name="teacher ensemble of block {block}", cache_policy=NO_CACHE)
-def train_teacher(home: Home, block: int, config: RunConfig, run_key: str = DEFAULT_RUN_KEY) -> dict[str, Any]:
-    """Build the teacher ensemble from the saved members and write its top-K lists (`ccd train-teacher`)."""
-    return run_stage(home, block, "teacher", partial(teacher.train_teacher, home, block, config, progress=False), run_key=run_key)
+def on_base(block: int, stage: str) -> bool:
+    """Whether `stage` of `block` belongs to the loop's shared block 0 ("base" in the ledger)."""
+    return block == 0 and stage != "register"
 
 
-@task(name="publish-teacher", task_run_name="publish teacher metrics of block {block}", cache_policy=NO_CACHE)
-def publish_teacher(block: int, report: dict[str, Any]) -> None:
-    """Publish the teacher's members and ensemble (valid/test Recall and NDCG@20) as a table."""
-    rows = [*report["members"], report["ensemble"]]
-    create_table_artifact(
-        [{c: row.get(c) for c in TEACHER_COLUMNS} for row in rows],
-        key=artifact_key("teacher-block", block), description=f"teacher of block {block}: members and ensemble",
-    )
+def ledger_name(block: int, stage: str, method: str) -> str:
+    """The ledger name of a flow stage, as the loop records it, e.g. "base-ensemble"."""
+    return f"{'base' if on_base(block, stage) else method}-{stage}"
 
 
-@task(name="distill", task_run_name="distill the student of block {block}", cache_policy=NO_CACHE)
-def distill_student(home: Home, block: int, config: RunConfig, run_key: str = DEFAULT_RUN_KEY) -> dict[str, Any]:
-    """Distill the block's student from its teacher with `config.distill.method` (`ccd distill`)."""
-    progress = EpochProgress(f"{config.distill.method} student of block {block}", config.train.max_epochs,
-                             artifact_key("progress-student-block", block))
-    work = partial(distill_stored, home, block, config, progress=False, callback=progress)
-    report = run_stage(home, block, "distill", work, run_key=run_key)
-    progress.finish()
-    return report
+def stage_work(run: Run, block: int, stage: str) -> tuple[Layout, Callable[[], dict[str, Any]]]:
+    """The loop's function for `stage` of `block`, and the layout it is recorded under.
 
-
-@task(name="publish-student", task_run_name="publish student metrics of block {block}", cache_policy=NO_CACHE)
-def publish_student(block: int, report: dict[str, Any]) -> None:
-    """Publish the student beside its teacher: accuracy, parameters and scoring latency."""
-    create_table_artifact(
-        [{"model": name, **report[name]} for name in ("student", "teacher")],
-        key=artifact_key("student-block", block),
-        description=f"{report['method']} student of block {block} beside its teacher; saved in {report['saved']}",
-    )
-
-
-class EpochProgress:
-    """The training loop's `callback(epoch, record)` as run logs and a Prefect progress artifact.
-
-    Early stopping ends a run before `max_epochs`; `finish` then sets the artifact to 100%.
+    Mirrors `ccd.continual.loop.run_block`, one stage at a time, so the flows can run the
+    teacher members as parallel tasks where the loop runs them one after another.
     """
+    member = stage.removeprefix(MEMBER)
+    if on_base(block, stage):
+        base = {
+            "ensemble": lambda: loop._base_ensemble(run),
+            "student": lambda: loop._distilled(run, run.base, 0),
+            "evaluate": lambda: loop.evaluate_stage(run, 0),
+        }
+        return run.base, base.get(stage, lambda: loop._base_member(run, member))
+    later = {
+        "student-update": lambda: loop.student_update_stage(run, block),
+        "ensemble": lambda: loop.ensemble_stage(run, block),
+        "distill": lambda: loop._distilled(run, run.layout, block),
+        "student": lambda: loop.baseline_student(run, block),
+        "evaluate": lambda: loop.evaluate_stage(run, block),
+        "register": lambda: loop.register_stage(run, block),
+    }
+    collaborative = run.method == "ccd"
+    return run.layout, later.get(stage, lambda: loop.member_stage(run, block, member, collaborative))
 
-    def __init__(self, what: str, max_epochs: int, key: str) -> None:
-        self.what, self.max_epochs = what, max_epochs
-        self.logger = get_run_logger()
-        self.artifact = create_progress_artifact(0.0, key=key, description=f"{what}: epochs (at most {max_epochs})")
 
-    def __call__(self, epoch: int, record: dict[str, Any]) -> None:
-        valid = record.get("valid") or {}
-        shown = f", valid recall@20 {valid['recall@20']:.4f}" if "recall@20" in valid else ""
-        self.logger.info("%s: epoch %d/%d, loss %.4f%s", self.what, epoch, self.max_epochs, record["loss"], shown)
-        update_progress_artifact(self.artifact, min(100.0, 100.0 * epoch / self.max_epochs))
+@task(name="ccd-stage", task_run_name="{stage} of block {block}", cache_policy=NO_CACHE)
+def loop_stage(home: Home, block: int, stage: str, config: RunConfig, method: str = "ccd",
+               run_key: str = DEFAULT_RUN_KEY) -> dict[str, Any]:
+    """Run one stage of the CCD loop for `block` through the stage ledger; return its outputs.
 
-    def finish(self) -> None:
-        update_progress_artifact(self.artifact, 100.0)
+    Takes only plain values (no loaded models or data), so it can run on any worker of a Dask
+    cluster that sees the home folder: it reads what earlier stages left there.
+    """
+    logger = get_run_logger()
+
+    def log_event(name: str, info: dict[str, Any]) -> None:
+        took = f" in {info['seconds']:.1f} s" if "seconds" in info else ""
+        logger.info("block %d %s (run %s): %s%s", info["block"], name, info["run_key"], info["event"], took)
+
+    run = Run(home, method, config, run_key, progress=False, callback=log_event)
+    layout, work = stage_work(run, block, stage)
+    return run.stage(layout, block, stage, work)
+
+
+def metrics_rows(home: Home, block: int, config: RunConfig, method: str, run_key: str) -> list[dict[str, Any]]:
+    """Student and teacher after each block 0..`block`: own-block Recall/NDCG@20, LA, RA, H.
+
+    Read from the evaluate stages' records; a model missing after some block (a baseline keeps no
+    teacher after block 0) is left out. `params` is given on the row of `block`.
+    """
+    run = Run(home, method, config, run_key, progress=False)
+    evaluations = [run.outputs(run.base if k == 0 else run.layout, k, "evaluate") for k in range(block + 1)]
+    rows = []
+    for side in ("student", "teacher"):
+        if not all(e.get(side) for e in evaluations):
+            continue
+        matrix = [row for e in evaluations for row in e[side]]
+        for summary in evaluation.summaries(matrix, config.continual.with_base_block):
+            recall = (summary["summary"] or {}).get("recall@20") or {}
+            ndcg = (summary["summary"] or {}).get("ndcg@20") or {}
+            rows.append({
+                "model": side, "after_block": summary["block"], "recall@20": summary["recall@20"], "ndcg@20": summary["ndcg@20"],
+                "LA": recall.get("LA"), "RA": recall.get("RA"), "H": recall.get("H"), "H_ndcg@20": ndcg.get("H"),
+                "params": evaluations[-1][f"{side}_params"] if summary["block"] == block else None,
+            })
+    return rows
+
+
+@task(name="publish-metrics", task_run_name="publish metrics after block {block}", cache_policy=NO_CACHE)
+def publish_metrics(home: Home, block: int, config: RunConfig, method: str = "ccd", run_key: str = DEFAULT_RUN_KEY) -> list[dict[str, Any]]:
+    """Publish the metrics table of the models after `block` (this block and the earlier ones)."""
+    rows = metrics_rows(home, block, config, method, run_key)
+    create_table_artifact(
+        [{c: row[c] for c in METRIC_COLUMNS} for row in rows], key=block_key("metrics", block, method, run_key),
+        description=f"{method} after block {block} (run {run_key}): Recall/NDCG@20 on each block's own test, "
+                    "LA/RA/H of Recall@20 over the blocks so far",
+    )
+    return rows
+
+
+@task(name="publish-registry", task_run_name="publish registry decision of block {block}", cache_policy=NO_CACHE,
+      retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, retry_condition_fn=transient)
+def publish_registry(home: Home, block: int, decision: dict[str, Any], run_key: str = DEFAULT_RUN_KEY) -> str:
+    """Publish the registry's decision on the block's student (the `register` stage's outputs)."""
+    production = registry.aliases(home, loop.STUDENT).get(registry.PRODUCTION)
+    verdict = "promoted to production" if decision["promoted"] else "kept as candidate"
+    gate = ", ".join(f"{name} {value:.4f}" for name, value in sorted(decision["metrics"].items()))
+    text = (f"# Registry: student v{decision['version']} of block {block} (run {run_key})\n\n"
+            f"**{verdict}**: {decision['reason']}\n\nGate metrics: {gate}\n\nProduction now: v{production}\n")
+    create_markdown_artifact(text, key=block_key("registry", block, "ccd", run_key), description=f"student v{decision['version']} {verdict}")
+    return verdict
+
+
+@task(name="write-stream-report", task_run_name="write the {method} stream report", cache_policy=NO_CACHE)
+def write_stream_report(home: Home, config: RunConfig, method: str, last: int) -> dict[str, str]:
+    """`reports/stream/<method>/metrics.json` and `hmean.png` over blocks 0..`last` (what `ccd stream` writes)."""
+    return loop.write_report(Run(home, method, config, progress=False), last)["files"]
+
+
+@task(name="write-dashboard", task_run_name="write the ops dashboard", cache_policy=NO_CACHE)
+def write_dashboard(home: Home) -> str:
+    """The ops dashboard of the home folder (`ccd report`); returns the page's path."""
+    from ccd.report import build_dashboard  # matplotlib loads only here
+
+    return build_dashboard(home)["path"]

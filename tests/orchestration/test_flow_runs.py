@@ -1,8 +1,11 @@
-"""The flows end to end through a real Prefect server (the session's test harness).
+"""The flows end to end through a real Prefect server (the package's test harness).
 
 Few and small on purpose: the logic of each step is tested on plain `ccd` functions and on the
-tasks' `.fn()` (test_flow_tasks.py); these check that the flows wire it together, publish their
-artifacts, stop on a rejected block, resume after a kill and spread teacher members over Dask.
+tasks' `.fn()` (test_flow_tasks.py). Here one backfill of the sample's first three blocks with
+tiny models runs in a child process, is SIGKILLed inside block 1's registration and resumed
+in-process with teacher members on a local Dask cluster; the tests then check the resume, the
+artifacts and the dashboard, a no-op re-run and a retrain. A stream over small generated blocks
+checks that a rejected block stops it.
 """
 
 from __future__ import annotations
@@ -17,27 +20,34 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import pandas as pd
 import pytest
+import torch
 
-from ccd import stages
-from ccd.errors import BadInputError, ValidationFailedError
+from ccd import registry, stages
+from ccd.errors import ValidationFailedError
 from ccd.home import Home
 from ccd.lake import catalog
 from ccd.locking import file_lock
 from flows.backfill import backfill
-from flows.process_block import process_block
 from flows.retrain import retrain
-from flows.runners import task_runner
 from flows.stream_ingest import stream_ingest
 from tests.conftest import REPO, SAMPLE, make_block
 
 pytestmark = pytest.mark.prefect
 
+BLOCKS = 3
 TINY = {
-    "teacher": {"members": ["bpr:8x2"], "top_k": 10},
-    "train": {"max_epochs": 2, "batch_size": 256, "device": "cpu"},
-    "distill": {"top_n": 10, "n_interesting": 3, "n_uninteresting": 5, "n_experts": 4},
+    "train": {"device": "cpu", "max_epochs": 3, "eval_batch_users": 4096},
+    "teacher": {"members": ["bpr:8", "lightgcn:8"], "top_k": 50},
+    "distill": {"student_dim": 4, "n_uninteresting": 20, "n_uninteresting_users": 10},
+    "continual": {"update_epochs": 2, "update_batch_size": 4096, "lwckd_anchors": 64,
+                  "student_top": 20, "teacher_top": 20, "exclude_top": 10},
+}
+MEMBERS = ["teacher-bpr-0", "teacher-lightgcn-0"]
+STAGES = {  # the loop's ledger names, per block
+    0: {"ingest", *(f"base-{m}" for m in MEMBERS), "base-ensemble", "base-student", "base-evaluate", "ccd-register"},
+    **{k: {"ingest", "ccd-student-update", *(f"ccd-{m}" for m in MEMBERS), "ccd-ensemble", "ccd-distill",
+           "ccd-evaluate", "ccd-register"} for k in range(1, BLOCKS)},
 }
 
 
@@ -47,90 +57,15 @@ def artifact(key: str):
     return Artifact.get(key)
 
 
-def write_blocks(folder: Path, count: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for k in range(count):
-        make_block(n_users=20 + 5 * k, block=k, seed=k).to_csv(folder / f"block_{k}.csv", index=False)
-    return folder
+def ledger(home: Home, run_key: str = "default") -> dict[tuple[int, str], stages.StageRecord]:
+    return {(r.block, r.stage): r for r in stages.list_stages(home, run_key=run_key)}
 
 
-def test_stream_ingest_over_the_sample(prefect_api, tmp_path):
-    home = Home.resolve(tmp_path / "home")
-    assert stream_ingest(str(SAMPLE), str(home.root), until="ingest") == [0, 1, 2, 3, 4, 5]
-    assert [b.block for b in catalog.list_blocks(home)] == [0, 1, 2, 3, 4, 5]
-    assert all(stages.is_done(home, k, "ingest") for k in range(6))
-    verdict = artifact("validation-block-5")
-    assert verdict.type == "markdown" and "# Validation of block 5" in verdict.data
-    status = catalog.list_validations(home, 5)[-1]["status"]
-    assert status in ("passed", "warning") and verdict.description.startswith(f"block 5 {status}")
-    checks = json.loads(artifact("validation-checks-block-5").data)
-    assert checks and all(row["ok"] or row["severity"] == "warning" for row in checks)
-    assert stream_ingest(str(SAMPLE), str(home.root), until="ingest") == []  # nothing new
+def weights(home: Home) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in home.models.rglob("*.safetensors")}
 
 
-def test_a_rejected_block_stops_the_stream_until_replaced(prefect_api, tmp_path):
-    home = Home.resolve(tmp_path / "home")
-    landing = write_blocks(tmp_path / "landing", 3)
-    bad = make_block(block=1, seed=1).astype({"user_id": object})
-    bad.loc[3, "user_id"] = None
-    bad.to_csv(landing / "block_1.csv", index=False)
-
-    with pytest.raises(ValidationFailedError, match=r"block 1 rejected: .*quarantine"):
-        stream_ingest(str(landing), str(home.root), until="ingest")
-    assert [b.block for b in catalog.list_blocks(home)] == [0]  # block 2 waits
-    assert artifact("validation-block-1").description.startswith("block 1 rejected")
-    quarantined = list((home.quarantine / "block=1").iterdir())
-    assert len(quarantined) == 1 and (quarantined[0] / "report.md").exists()
-
-    with pytest.raises(ValidationFailedError, match="rejected before and has not changed"):
-        stream_ingest(str(landing), str(home.root), until="ingest")
-    assert len(list((home.quarantine / "block=1").iterdir())) == 1  # not quarantined again
-
-    make_block(n_users=25, block=1, seed=1).to_csv(landing / "block_1.csv", index=False)
-    assert stream_ingest(str(landing), str(home.root), until="ingest") == [1, 2]
-    assert [b.block for b in catalog.list_blocks(home)] == [0, 1, 2]
-
-
-@pytest.mark.timeout(600)
-def test_a_killed_backfill_resumes_without_redoing_or_duplicating(prefect_api, tmp_path):
-    """Kill the flow's process while block 2's ingest runs; the re-run finishes only block 2.
-
-    Two locks make the kill land at a known point: the test holds block 2's stage lock until
-    block 1 is done, then holds the ingest lock so block 2's stage starts but cannot finish.
-    """
-    home = Home.resolve(tmp_path / "home")
-    landing = write_blocks(tmp_path / "landing", 3)
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    log = tmp_path / "child.log"
-    command = [sys.executable, "-m", "flows.backfill", str(landing), "--home", str(home.root), "--until", "ingest"]
-    with ExitStack() as stage_lock, ExitStack() as ingest_lock, open(log, "w") as out:
-        stage_lock.enter_context(file_lock(home, stages._lock_name(2, "ingest", "default"), timeout=5))
-        child = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: stages.is_done(home, 1, "ingest"), child, log)
-            ingest_lock.enter_context(file_lock(home, "ingest", timeout=60))
-            stage_lock.close()  # block 2's stage starts, then waits for the ingest lock
-            wait_for(lambda: getattr(stages.get(home, 2, "ingest"), "status", None) == "running", child, log)
-            child.send_signal(signal.SIGKILL)
-        finally:
-            child.kill()
-            child.wait(timeout=60)
-    assert child.returncode == -signal.SIGKILL
-    assert stages.get(home, 2, "ingest").status == "running"  # killed inside the stage
-    assert [b.block for b in catalog.list_blocks(home)] == [0, 1]
-    before = {b.block: b.ingested_at for b in catalog.list_blocks(home)}
-
-    assert backfill(str(landing), str(home.root), until="ingest") == [0, 1, 2]
-    records = {r.block: r for r in stages.list_stages(home)}
-    assert {k: (r.status, r.attempts) for k, r in records.items()} == {0: ("done", 1), 1: ("done", 1), 2: ("done", 2)}
-    after = {b.block: b.ingested_at for b in catalog.list_blocks(home)}
-    assert after[0] == before[0] and after[1] == before[1] and set(after) == {0, 1, 2}
-    assert [len(list(home.block_dir(k).glob("*.parquet"))) for k in range(3)] == [1, 1, 1]
-    assert pd.Series([v["block"] for v in catalog.list_validations(home)]).value_counts().to_dict() == {0: 1, 1: 1, 2: 1}
-
-
-def wait_for(condition, child: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+def wait_for(condition, child: subprocess.Popen, log: Path, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if child.poll() is not None:
@@ -141,37 +76,154 @@ def wait_for(condition, child: subprocess.Popen, log: Path, timeout: float = 300
         time.sleep(0.05)
 
 
-def test_teacher_members_on_dask_then_a_retrain_under_its_own_key(prefect_api, tmp_path):
-    home = Home.resolve(tmp_path / "home")
-    landing = write_blocks(tmp_path / "landing", 1)
-    on_dask = process_block.with_options(task_runner=task_runner("dask"))
-    outputs = on_dask(str(landing / "block_0.csv"), 0, str(home.root), TINY)
-    assert [row["member"] for row in outputs["teacher"]["members"]] == ["bpr-0", "bpr-1"]
-    default = {r.stage: r for r in stages.list_stages(home, 0, "default")}
-    assert set(default) == {"ingest", "teacher-bpr-0", "teacher-bpr-1", "teacher", "distill"}
-    assert all(r.status == "done" and r.attempts == 1 for r in default.values())
-    assert default["teacher-bpr-0"].outputs["status"] == "trained"
-    assert (home.model_dir(0, "teacher") / "user_topk.parquet").exists()
-    assert json.loads(artifact("teacher-block-0").data)[-1]["member"] == "teacher"
-    assert artifact("progress-teacher-bpr-1-block-0").data == 100.0
-    assert outputs["distill"]["method"] == "de-rrd"
-    student = home.model_dir(0, "student-de-rrd")
-    assert outputs["distill"]["saved"] == str(student) and (student / "model.json").exists()
-    assert [row["model"] for row in json.loads(artifact("student-block-0").data)] == ["student", "teacher"]
-    first_student = (student / "weights.safetensors").read_bytes()
+@pytest.fixture(scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only contend on a busy 2-core machine
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def killed(prefect_api, tmp_path_factory, one_thread) -> dict:
+    """A backfill of blocks 0..2 in a child process, SIGKILLed inside block 1's `ccd-register`.
+
+    Two locks make the kill land at a known point: the test holds that stage's lock until
+    block 1's first stage is done (block 0 is registered and published by then), then holds the
+    registry's lock, so the stage starts (`running`) but cannot finish.
+    """
+    root = tmp_path_factory.mktemp("backfill")
+    landing, home = root / "landing", Home.resolve(root / "home")
+    landing.mkdir()
+    for k in range(BLOCKS):
+        shutil.copy(SAMPLE / f"block_{k}.parquet", landing)
+    (root / "tiny.json").write_text(json.dumps(TINY))
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(root / "prefect"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "OMP_NUM_THREADS": "1"}
+    log = root / "child.log"
+    command = [sys.executable, "-m", "flows.backfill", str(landing), "--home", str(home.root), "--config", str(root / "tiny.json")]
+    with ExitStack() as stage_lock, ExitStack() as registry_lock, open(log, "w") as out:
+        stage_lock.enter_context(file_lock(home, stages._lock_name(1, "ccd-register", "default"), timeout=5))
+        child = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: stages.is_done(home, 1, "ccd-student-update"), child, log)
+            registry_lock.enter_context(file_lock(home, "registry", timeout=60))
+            stage_lock.close()  # block 1's register starts, then waits for the registry
+            wait_for(lambda: getattr(stages.get(home, 1, "ccd-register"), "status", None) == "running", child, log)
+            child.send_signal(signal.SIGKILL)
+        finally:
+            child.kill()
+            child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    return {"home": home, "landing": landing, "ledger": ledger(home), "weights": weights(home),
+            "versions": [v.block for v in registry.list_versions(home, "student")]}
+
+
+@pytest.fixture(scope="module")
+def resumed(killed) -> dict:
+    """The same backfill run again, in-process, with teacher members on a local Dask cluster."""
+    return backfill(str(killed["landing"]), str(killed["home"].root), TINY, runner="dask")
+
+
+@pytest.mark.timeout(1200)
+def test_a_killed_backfill_resumes_without_redoing_or_duplicating(killed, resumed):
+    home, before = killed["home"], killed["ledger"]
+    assert before[(1, "ccd-register")].status == "running"  # killed inside the stage
+    assert (1, "ccd-evaluate") in before and (2, "ingest") not in before
+    assert killed["versions"] == [0]
+
+    assert resumed["blocks"] == [0, 1, 2]
+    after = ledger(home)
+    assert all(r.status == "done" for r in after.values())
+    assert {k: r.attempts for k, r in after.items() if r.attempts != 1} == {(1, "ccd-register"): 2}
+    for key, record in before.items():  # what finished before the kill was not run again
+        if record.status == "done":
+            assert after[key].finished_at == record.finished_at, key
+    assert all(weights(home)[path] == stamp for path, stamp in killed["weights"].items())
+    assert [v.block for v in registry.list_versions(home, "student")] == [0, 1, 2]  # one version per block
+    assert [len(list(home.block_dir(k).glob("*.parquet"))) for k in range(BLOCKS)] == [1] * BLOCKS
+
+
+def test_backfill_runs_the_loop_stages_and_publishes_metrics_registry_and_dashboard(killed, resumed):
+    home = killed["home"]
+    names = {}
+    for block, stage in ledger(home):
+        names.setdefault(block, set()).add(stage)
+    assert names == STAGES  # the CCD loop's stages only, each once per block
+
+    rows = json.loads(artifact("metrics-block-2").data)
+    assert [(r["model"], r["after_block"]) for r in rows] == [(side, k) for side in ("student", "teacher") for k in range(BLOCKS)]
+    last = {r["model"]: r for r in rows if r["after_block"] == 2}
+    assert all(0 < last[side]["H"] <= max(last[side]["LA"], last[side]["RA"]) for side in last)
+    assert last["teacher"]["params"] > last["student"]["params"] > 0
+    decision = artifact("registry-block-2")
+    assert decision.type == "markdown" and "student v3 of block 2" in decision.data
+    assert artifact("progress-block-2").data == 100.0 and artifact("backfill-progress").data == 100.0
+    assert artifact("validation-block-2").data.startswith("# Validation of block 2")
+
+    report = json.loads(Path(resumed["report"]["metrics"]).read_text())
+    assert report["method"] == "ccd" and report["blocks"] == [0, 1, 2]
+    assert resumed["dashboard"] == str(home.reports / "dashboard" / "index.html")
+    assert "ccd student" in Path(resumed["dashboard"]).read_text()
+    assert "reports/dashboard/index.html" in artifact("dashboard").data
+
+
+def test_a_finished_backfill_runs_again_as_a_no_op(killed, resumed):
+    home = killed["home"]
+    before, files = ledger(home), weights(home)
+    assert backfill(str(killed["landing"]), str(home.root), TINY)["blocks"] == [0, 1, 2]
+    assert ledger(home) == before and weights(home) == files
+    assert len(registry.list_versions(home, "student")) == BLOCKS
+
+
+def test_a_retrain_registers_a_new_candidate_and_leaves_earlier_results_alone(killed, resumed, tmp_path):
+    home = Home(shutil.copytree(killed["home"].root, tmp_path / "home"))
+    before, files = ledger(home), weights(home)
+    student = home.models / "ccd" / "block=1" / "student" / "weights.safetensors"
+    original = student.read_bytes()
 
     faster = {**TINY, "train": {**TINY["train"], "lr": 0.02}}
-    result = retrain(0, ["teacher", "distill"], "rd", faster, str(home.root), run_key="retrain-lr")
-    assert result["run_key"] == "retrain-lr"
-    assert [row["status"] for row in result["teacher"]["members"]] == ["reused", "reused"]  # just retrained by their tasks
-    again = {r.stage: r for r in stages.list_stages(home, 0, "retrain-lr")}
-    assert set(again) == {"teacher-bpr-0", "teacher-bpr-1", "teacher", "distill"}
-    assert again["teacher-bpr-0"].outputs["status"] == "trained"
-    assert {r.stage: r for r in stages.list_stages(home, 0, "default")} == default  # earlier records untouched
-    saved = json.loads((home.model_dir(0, "teacher-bpr-0") / "model.json").read_text())
-    assert saved["metadata"]["run_config"]["train"]["lr"] == 0.02
-    assert result["distill"]["method"] == "rd" and (home.model_dir(0, "student-rd") / "model.json").exists()
-    assert (student / "weights.safetensors").read_bytes() == first_student  # the de-rrd student is left alone
+    result = retrain(1, ["distill"], "ccd", faster, str(home.root), run_key="retrain-lr")
+    assert result["run_key"] == "retrain-lr" and list(result["stages"]) == ["distill", "evaluate", "register"]
+    assert set(ledger(home, "retrain-lr")) == {(1, "ccd-distill"), (1, "ccd-evaluate"), (1, "ccd-register")}
+    assert ledger(home) == before and weights(home).items() >= files.items()  # earlier records and models untouched
+    assert student.read_bytes() == original
+    retrained = home.models / "ccd" / "block=1" / "run=retrain-lr" / "student" / "model.json"
+    assert json.loads(retrained.read_text())["metadata"]["run_config"]["train"]["lr"] == 0.02
 
-    with pytest.raises(BadInputError, match="cannot retrain stage"):
-        retrain(0, ["ingest"], home=str(home.root))
+    newest = registry.list_versions(home, "student")[-1]
+    assert (newest.version, newest.block, newest.lineage["run_key"]) == (BLOCKS + 1, 1, "retrain-lr")
+    assert newest.artifact.endswith("run=retrain-lr/student")
+    assert artifact("registry-block-1-retrain-lr").data.startswith(f"# Registry: student v{BLOCKS + 1} of block 1")
+    decision = result["stages"]["register"]  # through the gate: production if good enough, else candidate
+    assert decision["version"] == newest.version
+    assert registry.aliases(home, "student")["production" if decision["promoted"] else "candidate"] == newest.version
+
+
+def test_a_rejected_block_stops_the_stream_until_replaced(prefect_api, tmp_path):
+    home = Home.resolve(tmp_path / "home")
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    for k in range(3):
+        make_block(n_users=20 + 5 * k, block=k, seed=k).to_csv(landing / f"block_{k}.csv", index=False)
+    bad = make_block(block=1, seed=1).astype({"user_id": object})
+    bad.loc[3, "user_id"] = None
+    bad.to_csv(landing / "block_1.csv", index=False)
+
+    with pytest.raises(ValidationFailedError, match=r"block 1 rejected: .*quarantine"):
+        stream_ingest(str(landing), str(home.root), until="ingest")
+    assert [b.block for b in catalog.list_blocks(home)] == [0]  # block 2 waits
+    assert artifact("validation-block-1").description.startswith("block 1 rejected")
+    checks = json.loads(artifact("validation-checks-block-1").data)
+    assert any(not row["ok"] and row["severity"] == "error" for row in checks)
+    quarantined = list((home.quarantine / "block=1").iterdir())
+    assert len(quarantined) == 1 and (quarantined[0] / "report.md").exists()
+
+    with pytest.raises(ValidationFailedError, match="rejected before and has not changed"):
+        stream_ingest(str(landing), str(home.root), until="ingest")
+    assert len(list((home.quarantine / "block=1").iterdir())) == 1  # not quarantined again
+
+    make_block(n_users=25, block=1, seed=1).to_csv(landing / "block_1.csv", index=False)
+    assert stream_ingest(str(landing), str(home.root), until="ingest") == [1, 2]
+    assert [b.block for b in catalog.list_blocks(home)] == [0, 1, 2]
+    assert stream_ingest(str(landing), str(home.root), until="ingest") == []  # nothing new

@@ -17,11 +17,14 @@ from ccd.lake import catalog
 from ccd.lake.ingest import ingest_block
 from ccd.locking import LockTimeoutError
 from flows.options import add_config_options, config_parameter
-from flows.process_block import check_until
-from flows.retrain import retrain
+from ccd.config import RunConfig
+from flows.process_block import block_plan, check_options, final_stage
+from flows.retrain import retrain, retrain_groups
 from flows.runners import task_runner
 from flows.stream_ingest import earlier_rejection, find_new_blocks
-from flows.tasks import artifact_key, ingest, transient
+from flows.tasks import artifact_key, block_key, ingest, ledger_name, transient
+
+TWO = RunConfig.from_dict({"teacher": {"members": ["bpr:8x2"]}})
 from tests.conftest import make_block
 
 
@@ -38,9 +41,38 @@ def test_only_transient_errors_are_retried(error, retry):
     assert transient(None, None, SimpleNamespace(data=error)) is retry
 
 
-def test_artifact_keys_are_lowercase_dashes():
+def test_artifact_keys_are_lowercase_dashes_and_stable_per_method_and_run():
     assert artifact_key("validation-block", 3) == "validation-block-3"
     assert artifact_key("progress-teacher", "LightGCN_0", "block", 12) == "progress-teacher-lightgcn-0-block-12"
+    assert block_key("metrics", 3) == "metrics-block-3"
+    assert block_key("metrics", 3, "lwckd-student") == "metrics-lwckd-student-block-3"
+    assert block_key("registry", 1, "ccd", "retrain-20260101T120000") == "registry-block-1-retrain-20260101t120000"
+
+
+def test_block_plans_follow_the_loop_with_members_side_by_side():
+    members = ("teacher-bpr-0", "teacher-bpr-1")
+    assert block_plan(0, "ccd", TWO) == [members, ("ensemble",), ("student",), ("evaluate",), ("register",)]
+    assert block_plan(0, "finetune", TWO) == [members, ("ensemble",), ("student",), ("evaluate",)]
+    assert block_plan(2, "ccd", TWO) == [("student-update",), members, ("ensemble",), ("distill",), ("evaluate",), ("register",)]
+    assert block_plan(2, "ccd", TWO, until="evaluate")[-1] == ("evaluate",)
+    assert block_plan(2, "kd", TWO) == [members, ("ensemble",), ("distill",), ("evaluate",)]
+    assert block_plan(2, "retrain", TWO) == [("student",), ("evaluate",)]
+    # ledger names as `ccd stream` records them: block 0 is the shared "base" run
+    assert [ledger_name(0, s, "ccd") for s in ("teacher-bpr-0", "student", "register")] == ["base-teacher-bpr-0", "base-student", "ccd-register"]
+    assert ledger_name(3, "teacher-bpr-0", "kd") == "kd-teacher-bpr-0"
+    assert [final_stage(0, "ccd", u) for u in ("ingest", "evaluate", "register")] == ["ingest", "base-evaluate", "ccd-register"]
+    assert final_stage(4, "finetune", "register") == "finetune-evaluate"
+
+
+def test_a_retrain_runs_the_chosen_stages_and_every_later_one():
+    assert retrain_groups(1, ["distill"], "ccd", TWO) == [("distill",), ("evaluate",), ("register",)]
+    assert retrain_groups(1, ["register", "teacher"], "ccd", TWO)[0] == ("teacher-bpr-0", "teacher-bpr-1")
+    assert retrain_groups(1, None, "ccd", TWO) == block_plan(1, "ccd", TWO)
+    assert retrain_groups(0, ["student"], "ccd", TWO) == [("student",), ("evaluate",), ("register",)]
+    with pytest.raises(BadInputError, match="shared by every run"):
+        retrain_groups(0, ["teacher"], "ccd", TWO)
+    with pytest.raises(BadInputError, match=r"cannot retrain stage\(s\) student-update .*choose from student, evaluate"):
+        retrain_groups(1, ["student-update"], "finetune", TWO)
 
 
 def test_config_parameter_keeps_only_what_differs_and_rejects_typos():
@@ -60,11 +92,14 @@ def test_task_runner_choices():
         task_runner("gpu")
 
 
-def test_unknown_stages_are_refused_before_anything_runs(home):
-    with pytest.raises(BadInputError, match="the pipeline is ingest"):
-        check_until("distil")
+def test_unknown_options_are_refused_before_anything_runs(home):
+    with pytest.raises(BadInputError, match="unknown stop point 'distil'"):
+        check_options("distil")
+    with pytest.raises(BadInputError, match="unknown method 'dkd'"):
+        check_options("register", "dkd")
     with pytest.raises(BadInputError, match="cannot retrain stage"):
-        retrain.fn(0, ["ingest"], home=str(home.root))
+        retrain.fn(1, ["ingest"], home=str(home.root))
+    assert not home.catalog_path.exists()
 
 
 def test_ingest_task_records_the_stage_and_skips_it_when_done(home, tmp_path):
@@ -82,7 +117,7 @@ def test_find_new_blocks_skips_blocks_whose_stage_is_done(home, tmp_path):
         make_block(block=k, seed=k).to_csv(tmp_path / f"block_{k}.csv", index=False)
     stages.run_stage(home, 0, "ingest", lambda: ingest_block(home, tmp_path / "block_0.csv", 0, LakeConfig()))
     assert find_new_blocks.fn(home, tmp_path, "ingest") == [(1, tmp_path / "block_1.csv"), (2, tmp_path / "block_2.csv")]
-    assert [k for k, _ in find_new_blocks.fn(home, tmp_path, "teacher")] == [0, 1, 2]
+    assert [k for k, _ in find_new_blocks.fn(home, tmp_path, "register")] == [0, 1, 2]
 
 
 def test_earlier_rejection_names_the_report_of_the_same_file_only(home, tmp_path):
