@@ -99,6 +99,7 @@ def distill_stored(
     teacher_path: Path | None = None,
     progress: bool = True,
     callback: Callback | None = None,
+    teacher_row: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Distil `config.distill.method`'s student for block `block`, save it, compare it with the teacher.
 
@@ -111,6 +112,9 @@ def distill_stored(
         Sections `distill` and `train`.
     teacher_path : Path, optional
         Default `models/block=K/teacher` (the ensemble of `ccd train-teacher`).
+    teacher_row : dict, optional
+        `report["teacher"]` of an earlier call with the same teacher and block: reused instead
+        of evaluating and timing the teacher again (scoring a large ensemble is slow).
 
     Returns
     -------
@@ -125,7 +129,8 @@ def distill_stored(
     student = result.student
     batch = config.train.eval_batch_users
     student_row = {"kind": student.kind, "dim": student.dim, **describe(student.score, student.parameter_count(), data, batch, device)}
-    teacher_row = {"kind": teacher.kind, "dim": teacher.dim, **describe(teacher.scorer.score, teacher.params, data, batch, device)}
+    if teacher_row is None:
+        teacher_row = {"kind": teacher.kind, "dim": teacher.dim, **describe(teacher.scorer.score, teacher.params, data, batch, device)}
     train = result.train
     report = {
         "block": block,
