@@ -108,13 +108,17 @@ class TrainConfig:
     batch_size: int = 8192
     # Users per step for models trained on whole user rows (Mult-VAE: dense rows of n_items).
     user_batch_size: int = 512
+    # Batches shrink so that an epoch has at least this many steps. On the sample stream's block
+    # 0 (28,710 train pairs) 8192-pair batches make 4 steps an epoch, and a LightGCN needs 20+
+    # epochs to pass the valid Recall@20 it has untrained; at 20 steps an epoch, 4 epochs.
+    min_steps_per_epoch: int = 20
     # Spec 2.6: at most 100 epochs, evaluated every epoch, patience 10 evaluations.
     max_epochs: int = 100
     eval_every: int = 1
     patience: int = 10
     # No early stop before this epoch. An untrained LightGCN already ranks by graph structure
-    # (valid Recall@20 0.24 at epoch 1 on the sample stream), dips while BPR reshapes it and
-    # passes that only after ~17 epochs; patience alone would stop it in the dip.
+    # (valid Recall@20 0.24 at epoch 1 on the sample stream) and dips while BPR reshapes it;
+    # patience alone could stop it in the dip.
     min_epochs: int = 20
     # Users per chunk when ranking all items for validation.
     eval_batch_users: int = 1024

@@ -246,18 +246,27 @@ def validate(model: Recommender, data: BlockData, batch_users: int = 1024, split
 def _batches(
     model: Recommender, pairs: torch.Tensor, sampler: NegativeSampler, config: TrainConfig, generator: torch.Generator
 ) -> Iterator[Batch]:
-    """One epoch of batches, shuffled: BPR triples, or user rows for `batch_kind == "users"`."""
+    """One epoch of batches, shuffled: BPR triples, or user rows for `batch_kind == "users"`.
+
+    Batches are `batch_size` (or `user_batch_size`) long, smaller when that would leave fewer
+    than `min_steps_per_epoch` steps.
+    """
     device = pairs.device
     if model.batch_kind == "users":
         users = torch.unique(pairs[:, 0])
         users = users[torch.randperm(len(users), generator=generator, device=device)]
-        for chunk in users.split(config.user_batch_size):
+        for chunk in users.split(_batch_size(len(users), config.user_batch_size, config)):
             yield Batch(chunk, None, None, generator)
         return
+    size = _batch_size(len(pairs), config.batch_size, config)
     pairs = pairs[torch.randperm(len(pairs), generator=generator, device=device)]  # (N, 2)
     negatives = sampler.sample(pairs[:, 0], generator)  # (N,), drawn for the whole epoch at once
-    for chunk, neg in zip(pairs.split(config.batch_size), negatives.split(config.batch_size)):
+    for chunk, neg in zip(pairs.split(size), negatives.split(size)):
         yield Batch(chunk[:, 0], chunk[:, 1], neg, generator)
+
+
+def _batch_size(n: int, largest: int, config: TrainConfig) -> int:
+    return max(1, min(largest, math.ceil(n / max(config.min_steps_per_epoch, 1))))
 
 
 def _check(model: Recommender, data: BlockData, config: TrainConfig) -> None:

@@ -18,7 +18,7 @@ from planted import planted_block, single_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-FAST = TrainConfig(lr=0.02, batch_size=256, user_batch_size=32, max_epochs=25, eval_every=1, patience=4, min_epochs=0, device="cpu")
+FAST = TrainConfig(lr=0.02, batch_size=256, user_batch_size=32, max_epochs=25, eval_every=1, patience=4, min_epochs=0, min_steps_per_epoch=4, device="cpu")
 CONFIGS = [BPRConfig(dim=16, seed=3), LightGCNConfig(dim=16, layers=2, seed=3), VAEConfig(dim=16, hidden=32, seed=3)]
 IDS = ["bpr", "lightgcn", "vae"]
 
@@ -158,3 +158,17 @@ def test_model_must_match_block():
     empty = type(data)(0, data.n_users, data.n_items, data.train[:0], data.valid, data.test, data.history)
     with pytest.raises(TrainingError, match="no training pairs"):
         train(build_model(BPRConfig(dim=4), data.n_users, data.n_items), empty, FAST, progress=False)
+
+
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2]], ids=["pairs", "users"])
+def test_small_data_still_gets_min_steps_per_epoch(config, monkeypatch):
+    data = planted_block()  # 960 train pairs, 120 users
+    steps = []
+    for min_steps, expected in ((7, 7), (1, 1)):
+        model = build_model(config, data.n_users, data.n_items)
+        loss = model.training_loss
+        monkeypatch.setattr(model, "training_loss", lambda *a: steps.append(1) or loss(*a))
+        big = TrainConfig(batch_size=8192, user_batch_size=512, max_epochs=1, min_steps_per_epoch=min_steps, device="cpu")
+        train(model, data, big, progress=False)
+        assert len(steps) == expected
+        steps.clear()
