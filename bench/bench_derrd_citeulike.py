@@ -123,7 +123,7 @@ def teacher_model(data, out: Path, args: argparse.Namespace, device: torch.devic
     return model
 
 
-def run_method(method: str, data, teacher: BPRMF, out: Path, args: argparse.Namespace, device: torch.device) -> dict:
+def run_method(method: str, data, teacher: BPRMF | None, out: Path, args: argparse.Namespace, device: torch.device) -> dict:
     config = RunConfig.load(None, [f"distill.method={method}", f"distill.student_dim={args.student_dim}", *args.overrides]).distill
     block = BlockData(0, data.n_users, data.n_items, data.train, data.valid, data.test, np.zeros((0, 2), np.int64))
     student = BPRMF(BPRConfig(dim=args.student_dim, seed=args.seed), data.n_users, data.n_items).to(device)
@@ -177,8 +177,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     data = load_citeulike(seed=args.split_seed)
-    teacher = teacher_model(data, out, args, device)
-    for method in [m for m in args.methods.split(",") if m != "teacher"]:
+    methods = args.methods.split(",")
+    # "none" needs no teacher, so it can run while the teacher still trains.
+    teacher = teacher_model(data, out, args, device) if set(methods) - {"none"} else None
+    for method in [m for m in methods if m != "teacher"]:
         report = run_method(method, data, teacher, out, args, device)
         print(json.dumps({k: report[k] for k in ("method", "test", "epochs", "seconds_per_epoch")}), flush=True)
     print(table(out))

@@ -33,10 +33,15 @@ GOWALLA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "gowalla
 METHODS = ["none", "rd", "de", "rrd", "de-rrd", "de-rrd-ir"]
 
 
-def prepare(home: Home, data: Path, config: RunConfig) -> dict:
-    """Ingest block 0 (`data`) once and train (or reuse) the teacher ensemble; its report."""
+def prepare(home: Home, data: Path, config: RunConfig, teacher: Path | None) -> dict:
+    """Ingest block 0 (`data`) once; train (or reuse) the teacher ensemble unless one is given.
+
+    A given teacher folder must come from the same block file ingested the same way (the lake's
+    ids are assigned in order of first appearance, so the ids then agree)."""
     if not any(b.block == 0 for b in list_blocks(home)):
         ingest_block(home, data, 0, LakeConfig())
+    if teacher is not None:
+        return json.loads((teacher / "teacher.json").read_text())
     return train_teacher(home, 0, config)
 
 
@@ -67,6 +72,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", default="bench/out/home-gowalla", help="state folder of the bench")
     parser.add_argument("--data", default=str(GOWALLA), help="block 0 file (default Gowalla's; data/sample/block_0.parquet for a smoke run)")
+    parser.add_argument("--teacher", default=None, metavar="PATH",
+                        help="an ensemble folder trained elsewhere on the same block 0 (skips train-teacher here)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--fractions", default="4,8", help="student dim = teacher dim / each")
     parser.add_argument("--max-epochs", type=int, default=None, help="cap on train.max_epochs (teacher and students)")
@@ -83,15 +90,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     overrides = [*args.overrides, *([f"train.max_epochs={args.max_epochs}"] if args.max_epochs else [])]
     config = RunConfig.load(None, overrides)
-    teacher = prepare(home, Path(args.data), config)
+    teacher_path = Path(args.teacher) if args.teacher else None
+    teacher = prepare(home, Path(args.data), config, teacher_path)
     print(json.dumps({"teacher": teacher["ensemble"]}), flush=True)
-    teacher_dim = max(int(spec.split(":")[1].split("x")[0]) for spec in config.teacher.members)
+    teacher_dim = max(member["dim"] for member in teacher["members"])
     teacher_row = None  # evaluated and timed once, by the first run
     for fraction in (int(f) for f in args.fractions.split(",")):
         dim = max(1, teacher_dim // fraction)
         for method in args.methods.split(","):
             run = RunConfig.load(None, [*overrides, f"distill.method={method}", f"distill.student_dim={dim}"])
-            report = distill_stored(home, 0, run, teacher_row=teacher_row)
+            report = distill_stored(home, 0, run, teacher_path, teacher_row=teacher_row)
             teacher_row = report["teacher"]
             report["command"] = " ".join(sys.argv)
             write_text(out / f"{dim}-{method}.json", json.dumps(report, indent=2) + "\n")
