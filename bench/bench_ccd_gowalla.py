@@ -48,7 +48,7 @@ DEFAULTS = [
     "distill.student_dim=8",
     "distill.student_kind=bpr",
     "train.eval_every=5",  # a full ranking of ~20k users costs more than an epoch on CPU
-    "train.patience=2",
+    "train.patience=4",
     "train.max_epochs=60",
 ]
 

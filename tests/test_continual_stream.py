@@ -18,7 +18,6 @@ from ccd.cli import main
 from ccd.config import RunConfig
 from ccd.continual.loop import run_stream
 from ccd.home import Home
-from ccd.lake.ingest import ingest_folder
 from ccd.registry import list_versions
 from ccd.stages import list_stages
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ccd.config import ContinualConfig, RunConfig
+from ccd.continual.distill_stage import distill_block
 from ccd.continual.evaluation import evaluate_block, gate_metrics, plot_hmean, summaries
 from ccd.continual.exclusion import cap, list_pairs, top_pairs
 from ccd.continual.lwckd import LwcKd, contrastive_kd_loss, imitation_weights, layer_tables
@@ -21,6 +22,7 @@ from ccd.continual.student_update import make_proxies, update_student
 from ccd.continual.teacher_update import update_member
 from ccd.continual.updates import clone
 from ccd.data import BlockData
+from ccd.ensemble import write_topk
 from ccd.models import Batch, BPRConfig, BPRMF, LightGCNConfig, VAEConfig, build_model
 from ccd.train import train, validate
 from planted import single_thread  # noqa: F401 (fixture)
@@ -228,6 +230,23 @@ def test_teacher_update_collaborative_and_vae_members():
     vae_next, _ = update_member(vae, b1, b0.train, config, [(stability, 2)], progress=False)
     assert vae_next.n_items == b1.n_items
     assert len(vae_next.interactions) == len(np.unique(b1.seen_train, axis=0))  # scores from the whole history
+
+
+def test_distill_block_starts_from_the_previous_student_or_fresh(tmp_path):
+    b0, b1 = tiny_stream(2)
+    config = tiny_config()
+    teacher = trained(BPRConfig(dim=8, seed=3), b1, config)
+    write_topk(teacher.score, b1.n_users, b1.n_items, b1.seen_train, tmp_path, 30, 30)
+    previous = trained(BPRConfig(dim=4, seed=0), b0, config)
+    frozen = config.replace(train=dataclasses.replace(config.train, lr=1e-12, max_epochs=1),
+                            distill=dataclasses.replace(config.distill, student_dim=4, n_interesting=10, n_interesting_users=10,
+                                                        n_uninteresting=5, n_uninteresting_users=5))
+    warm = distill_block(tmp_path, b1, frozen, teacher_dim=8, previous=previous, progress=False).student
+    assert (warm.n_users, warm.n_items) == (b1.n_users, b1.n_items)
+    assert torch.allclose(warm.user_emb[: b0.n_users], previous.user_emb, atol=1e-6)  # starts from D_{k-1}
+    fresh_config = frozen.replace(continual=dataclasses.replace(frozen.continual, kd_init="fresh"))
+    fresh = distill_block(tmp_path, b1, fresh_config, teacher_dim=8, previous=previous, progress=False).student
+    assert not torch.allclose(fresh.user_emb[: b0.n_users], previous.user_emb, atol=1e-3)
 
 
 # --- exclusion lists, evaluation, layout

@@ -1,13 +1,17 @@
 """Stage 4 of a CCD block: distill the student served after block k from the teacher (spec 2.2).
 
-    result = distill_block(topk_dir, data, config, teacher_dim)   # result.student is D_k
+    result = distill_block(topk_dir, data, config, teacher_dim, previous=d_prev)   # result.student is D_k
 
-A *fresh*, randomly initialised student is trained on block k with BPR plus RRD (each user's
-top teacher items against sampled uninteresting ones) and IR-RRD (each item's top teacher users),
-read from the ensemble's top-K lists on disk (`ccd.ensemble.write_topk`), by the DE-RRD trainer
-(`ccd.distill.trainer.distill`). Observed training pairs are never interesting (no bug B1). The
-student's knowledge of users absent from block k comes from the teacher's lists alone, which
-is why every later block distils again from the updated teacher.
+A student is trained on block k with BPR plus RRD (each user's top teacher items against sampled
+uninteresting ones) and IR-RRD (each item's top teacher users), read from the ensemble's top-K
+lists on disk (`ccd.ensemble.write_topk`), by the DE-RRD trainer (`ccd.distill.trainer.distill`).
+Observed training pairs are never interesting (no bug B1).
+
+The authors start it from random tables; then its knowledge of users absent from block k comes
+from the teacher's lists alone, in the few steps a small block gives. By default
+(`continual.kd_init = "previous"`) it starts instead from the previous distilled student D_{k-1},
+grown for the new ids: still a new model distilled from the updated teacher (CL_k is not
+involved), but one that begins knowing the old users. Block 0's D_0 always starts fresh.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import dataclasses
 from pathlib import Path
 
 from ccd.config import RunConfig
+from ccd.continual.updates import grown
 from ccd.data import BlockData
 from ccd.distill.trainer import DistillResult, TeacherSignal, distill
 from ccd.ensemble import ITEM_TOPK, USER_TOPK, read_topk
+from ccd.models import Recommender
 from ccd.train import Callback, pick_device
 
 # CCD distils with RRD and IR-RRD only: an ensemble has no representation of its own for DE.
@@ -35,9 +41,15 @@ def distill_config(config: RunConfig) -> RunConfig:
 
 
 def distill_block(
-    topk_dir: Path, data: BlockData, config: RunConfig, teacher_dim: int, progress: bool = True, callback: Callback | None = None
+    topk_dir: Path,
+    data: BlockData,
+    config: RunConfig,
+    teacher_dim: int,
+    previous: Recommender | None = None,
+    progress: bool = True,
+    callback: Callback | None = None,
 ) -> DistillResult:
-    """A fresh student distilled on `data` from the teacher lists in `topk_dir`.
+    """A student distilled on `data` from the teacher lists in `topk_dir`.
 
     Parameters
     ----------
@@ -49,8 +61,14 @@ def distill_block(
         `distill` (student kind and size, sampled set sizes, seed), `continual` (λ's), `train`.
     teacher_dim : int
         The members' largest dimension (the student's default size is a tenth of it).
+    previous : Recommender, optional
+        D_{k-1}: with `continual.kd_init == "previous"` the student starts from a grown copy of
+        it (not modified), else from random tables.
     """
     users, _ = read_topk(Path(topk_dir) / USER_TOPK)
     items, _ = read_topk(Path(topk_dir) / ITEM_TOPK)
     signal = TeacherSignal.from_lists(users, items, data, teacher_dim, device=pick_device(config.train.device))
-    return distill(signal, data, distill_config(config), callback=callback, progress=progress)
+    student = None
+    if previous is not None and config.continual.kd_init == "previous":
+        student = grown(previous.to(pick_device(config.train.device)), data, config)
+    return distill(signal, data, distill_config(config), student=student, callback=callback, progress=progress)

@@ -7,8 +7,8 @@ them, distill the first student D_0, evaluate. Then, for each later block k, by 
 
 - ccd: (1) update the student D_{k-1} with proxy-guided replay -> CL_k (`student_update`);
   (2) update every teacher member with LWC-KD and replay from S, P and CL_k (`teacher_update`);
-  (3) ensemble the members and write their top-K lists to the lake; (4) distill a fresh
-  student D_k from them (`distill_stage`); evaluate; register D_k and propose it through the
+  (3) ensemble the members and write their top-K lists to the lake; (4) distill the student
+  D_k from them (`distill_stage`); evaluate; register D_k and propose it through the
   registry's gate.
 - kd: (2) without the collaborative terms, (3), (4); evaluate.
 - finetune, retrain, lwckd-student: one student stage (`baselines`); evaluate.
@@ -315,8 +315,10 @@ def distill_stage(run: Run, block: int) -> None:
 
 
 def _distilled(run: Run, layout: Layout, block: int) -> dict[str, Any]:
-    """D_k: a fresh student distilled from the ensemble's lists of block k."""
-    result = distill_block(run.home.root / run.topk_dir(block), run.data(block), run.config, run.teacher_dim, run.progress)
+    """D_k: a student distilled from the ensemble's lists of block k (from D_{k-1} or fresh)."""
+    previous = run.load(run.student_path(block - 1)) if block > 0 else None
+    result = distill_block(run.home.root / run.topk_dir(block), run.data(block), run.config, run.teacher_dim, previous,
+                           run.progress)
     path = run.save(result.student, layout, block, STUDENT, result.train)
     return {"path": path, "params": result.student.parameter_count(), "train": _brief(result.train)}
 
