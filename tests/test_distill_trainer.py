@@ -149,9 +149,11 @@ def test_every_method_trains_a_lightgcn_student(small_teacher, method):
 def test_distilled_student_beats_the_undistilled_one_on_planted_data(one_thread):
     # 20 taste groups, 4 training items per user: a dim-4 student alone underfits the groups,
     # the dim-32 teacher does not, and DE-RRD passes what it knows on. Fixed seeds throughout.
+    # The step budget is fixed at 5 full batches per epoch (min_steps_per_epoch=1): with the
+    # default floor of 20 smaller steps the undistilled student nearly closes the gap by itself.
     data = planted_block(n_users=400, n_items=300, groups=20, per_user=6, seed=0)
     teacher = build_model(BPRConfig(dim=32), data.n_users, data.n_items)
-    train(teacher, data, TrainConfig(lr=0.02, batch_size=512, max_epochs=60, patience=10, device="cpu"), progress=False)
+    train(teacher, data, TrainConfig(lr=0.02, batch_size=512, max_epochs=60, patience=10, min_steps_per_epoch=1, device="cpu"), progress=False)
     distill_config = DistillConfig(
         student_dim=4, n_interesting=10, n_uninteresting=20, top_n=40, n_experts=5, tau_period=100
     )
@@ -159,7 +161,7 @@ def test_distilled_student_beats_the_undistilled_one_on_planted_data(one_thread)
     results = {}
     for method in ("none", "de-rrd"):
         config = RunConfig(
-            train=TrainConfig(lr=0.05, batch_size=512, max_epochs=60, patience=5, device="cpu"),
+            train=TrainConfig(lr=0.05, batch_size=512, max_epochs=60, patience=5, min_steps_per_epoch=1, device="cpu"),
             distill=DistillConfig(**{**distill_config.__dict__, "method": method}),
         )
         student = distill(signal, data, config, progress=False).student
