@@ -103,12 +103,15 @@ def connect(home: Home, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConn
     Readers share the catalog lock and writers take it alone, because DuckDB refuses a second
     process on a file that is open for writing.
     """
-    if read_only and not home.catalog_path.exists():
+    missing = not home.catalog_path.exists()
+    if read_only and missing:
         read_only = False  # nothing to read yet: create the empty catalog once
     with file_lock(home, "catalog", shared=read_only):
         con = duckdb.connect(str(home.catalog_path), read_only=read_only)
         try:
-            if not read_only and home.catalog_path not in _SCHEMA_READY:
+            # A missing file is created empty even if this process once made the tables at this
+            # path: the home folder may have been deleted and recreated since.
+            if not read_only and (missing or home.catalog_path not in _SCHEMA_READY):
                 con.execute(SCHEMA)
                 _SCHEMA_READY.add(home.catalog_path)
             yield con

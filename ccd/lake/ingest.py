@@ -172,8 +172,8 @@ def _context(block: int, blocks: dict[int, catalog.BlockRecord]) -> BlockContext
 
 
 def _id_strings(values: pd.Series) -> np.ndarray:
-    if pd.api.types.is_integer_dtype(values):
-        return values.astype(np.int64).astype(str).to_numpy(object)
+    if pd.api.types.is_integer_dtype(values):  # any width or sign: uint64 ids past 2**63 stay positive
+        return values.astype(str).to_numpy(object)
     return values.map(lambda v: str(int(v)) if isinstance(v, (int, np.integer)) else str(v)).to_numpy(object)
 
 
@@ -185,7 +185,7 @@ def _reject(home: Home, path: Path, block: int, raw: pd.DataFrame, report: Valid
     shutil.copyfile(path, folder / f"input{path.suffix}")
     with catalog.connect(home) as con:
         catalog.record_validation(con, block, file_hash, str(path), report.status, report.summary(), report_path, report.to_dict())
-    raise ValidationFailedError(f"block {block} rejected: {report.summary()} (report: {home.root / report_path})")
+    raise ValidationFailedError(f"{report.summary()} (report: {home.root / report_path})")
 
 
 def _commit(

@@ -51,6 +51,12 @@ _INTEGER_TYPES = [f"{u}int{bits}" for u in ("", "u") for bits in (8, 16, 32, 64)
 _ID_TYPES = _INTEGER_TYPES + ["str"]
 _TIMESTAMP_TYPES = _INTEGER_TYPES + [f"datetime64[{unit}]" for unit in ("s", "ms", "us", "ns")]
 _EMPTY = r"^\s*$"
+# Control characters (C0, DEL, C1) and lone surrogates: no real id holds them, NUL cannot be
+# stored faithfully, and a newline or escape in an id breaks every one-line message and table.
+_CONTROL = r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]"
+# Unix seconds a datetime64[ns] can hold (1677-09-22 .. 2262-04-11): timestamps outside are
+# rejected, which also catches milliseconds or microseconds passed off as seconds.
+TIMESTAMP_RANGE = (math.ceil(pd.Timestamp.min.value / 1e9), math.floor(pd.Timestamp.max.value / 1e9))
 _EXAMPLES = 3  # bad values quoted per failed check
 _LOCK = threading.Lock()  # one shared GX context; its batch objects are not meant for threads
 
@@ -155,9 +161,18 @@ def _checked_copy(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _seconds(stamps: pd.Series) -> pd.Series:
-    """Unix seconds as float64 (NaN where null or unparseable), by the rules ingest stores them."""
+    """Unix seconds as float64 (NaN where null or unparseable), by the rules ingest stores them.
+
+    Datetime columns are converted at second resolution, so a Parquet timestamp far outside the
+    nanosecond range gives its (out-of-range) seconds rather than an overflow error.
+    """
     if pd.api.types.is_numeric_dtype(stamps):
         return stamps.astype("float64")
+    if pd.api.types.is_datetime64_any_dtype(stamps):
+        if isinstance(stamps.dtype, pd.DatetimeTZDtype):
+            stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
+        seconds = stamps.astype("datetime64[s]").astype("int64").astype("float64")
+        return seconds.where(stamps.notna())
     parsed = pd.to_datetime(stamps, utc=True, format="mixed", errors="coerce")
     return (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
 
@@ -204,6 +219,15 @@ def _plan(data: pd.DataFrame, context: BlockContext, policy: LakeConfig) -> list
         skip = needs(column) or _integer_ids(data[column])
         plan.append(check(f"no empty {column}", "error", gxe.ExpectColumnValuesToNotMatchRegex, column=column,
                           regex=_EMPTY, bad=f"have empty or blank {column}", shown=(column,), **skip))
+    for column in REQUIRED:
+        skip = needs(column) or _integer_ids(data[column])
+        plan.append(check(f"no control characters in {column}", "error", gxe.ExpectColumnValuesToNotMatchRegex,
+                          column=column, regex=_CONTROL, bad=f"have a control character in {column}",
+                          shown=(column,), **skip))
+    low, high = TIMESTAMP_RANGE
+    plan.append(check("timestamp in range", "error", gxe.ExpectColumnValuesToBeBetween, column=SECONDS,
+                      min_value=low, max_value=high, shown=("timestamp",), **needs("timestamp"),
+                      bad="have a timestamp outside 1677-09-22..2262-04-11 (not unix seconds?)"))
     plan.append(check("split values", "error", gxe.ExpectColumnValuesToBeInSet, column="split", value_set=list(SPLITS),
                       bad=f"have a split other than {'/'.join(SPLITS)}", shown=("split",), **needs("split")))
     blocked = {"skip": f"not run: column {', '.join(absent)} missing", "skip_passes": False} if absent else {}
