@@ -10,7 +10,8 @@ The order of the steps is what makes ingest safe to crash and to repeat:
 5. commit the block record, new id-map rows and the validation result in ONE catalog
    transaction: only now does the block exist;
 6. delete parts of the block that the catalog no longer names (an older version, or an orphan
-   of a crash between steps 4 and 5).
+   of a crash between steps 4 and 5); the next ingest also removes the orphan parts and
+   temporary files a killed ingest left behind.
 
 The whole ingest holds the `ingest` lock, so two ingests of the same home serialize.
 """
@@ -147,9 +148,15 @@ def to_unix_seconds(values: pd.Series) -> np.ndarray:
 
 
 def remove_orphans(home: Home) -> int:
-    """Delete lake files the catalog does not name (leftovers of a crash); return how many."""
+    """Delete lake files the catalog does not name (leftovers of a crash); return how many.
+
+    Temporary files of killed writes go too, in every folder only ingest writes (the lake, the
+    validation reports, the quarantine): the caller holds the ingest lock, so none of them
+    belongs to a write still in progress.
+    """
     named = {home.root / b.file for b in catalog.list_blocks(home)}
-    removed = atomic.remove_temp_files(home.interactions)
+    owned = (home.interactions, home.reports / "validation", home.quarantine)
+    removed = sum(atomic.remove_temp_files(folder) for folder in owned)
     for part in home.interactions.glob("block=*/*.parquet") if home.interactions.exists() else []:
         if part not in named:
             log.warning("removing orphan lake file %s (not in the catalog)", part)

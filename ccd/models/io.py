@@ -8,6 +8,9 @@ A saved model is a folder of three files, each written atomically:
 - `model.json`: kind, config, id-space size, the same hash and any caller metadata (training
   result, run config), written last, so its presence means the folder is complete.
 
+A save killed midway leaves a `.tmp-` file in the folder; the next save into the folder (the
+re-run of the stage) removes it, since the registry checksums a model folder file by file.
+
 `load` checks the hash before reading a byte of the weights, so a corrupted or tampered file is
 an error (`ModelFileError`), never a silently different model.
 """
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ccd.atomic import sha256_file, write_text, write_with
+from ccd.atomic import remove_temp_files, sha256_file, write_text, write_with
 from ccd.errors import CcdError
 from ccd.models import MODELS, Recommender, build_model, model_config
 
@@ -40,6 +43,7 @@ class ModelFileError(CcdError):
 def save(model: Recommender, folder: Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write `model` (and JSON-ready `metadata`) into `folder`; return the folder."""
     folder = Path(folder)
+    remove_temp_files(folder)  # a killed earlier save's leftovers; one writer per folder (its stage's lock)
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     if model.uses_interactions:
         tensors["interactions"] = torch.as_tensor(model.interactions)
