@@ -29,6 +29,9 @@ _FOREIGN_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b
 # CSV ids that are read as integers: canonical decimals short enough for int64. Anything else
 # ("007", "-0", " 7", 20-digit numbers) stays the string it is, so no id changes on the way in.
 _CANONICAL_INT = r"0|-?[1-9][0-9]{0,17}"
+# CSV ids that are all decimal numbers with a point or exponent are read as floats, as from
+# Parquet, so validation rejects them as a float id column (ints that went through a float).
+_DECIMAL = r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?"
 _CHUNK = 1 << 20
 
 
@@ -92,10 +95,15 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def _natural_ids(values: pd.Series) -> pd.Series:
-    """The ids as int64 if every one is a canonical decimal integer, else unchanged strings."""
-    if values.isna().any() or not values.str.fullmatch(_CANONICAL_INT).all():
-        return values
-    return values.astype(np.int64)
+    """The ids as int64 if every one is a canonical decimal integer, as float64 if every one is
+    a decimal number and some have a point or exponent, else the unchanged strings."""
+    if values.isna().any():
+        return values  # validation reports the nulls
+    if values.str.fullmatch(_CANONICAL_INT).all():
+        return values.astype(np.int64)
+    if values.str.fullmatch(_DECIMAL).all() and values.str.contains("[.eE]").any():
+        return values.astype(np.float64)
+    return values
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
