@@ -7,6 +7,7 @@ deleted as a unit.
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -29,6 +30,17 @@ def safe_name(name: str, what: str = "name") -> str:
     return name
 
 
+def block_number(block: object) -> int:
+    """Return `block` as an int if it is a whole number >= 0, else raise.
+
+    Block numbers become folder names (`block=K`); accepting only integers keeps a value such as
+    "../x" from reaching a path, and a bool or float from passing as a number.
+    """
+    if isinstance(block, bool) or not isinstance(block, numbers.Integral) or block < 0:
+        raise BadInputError(f"block number must be an integer >= 0, got {block!r}")
+    return int(block)
+
+
 @dataclass(frozen=True)
 class Home:
     """Paths of everything under one home folder."""
@@ -42,10 +54,13 @@ class Home:
     def resolve(cls, home: str | os.PathLike | None = None) -> "Home":
         """Pick the home folder: argument, then `CCD_HOME`, then `./.ccd`; create it."""
         chosen = home if home is not None else os.environ.get("CCD_HOME") or DEFAULT_HOME
-        root = Path(chosen).expanduser().resolve()
-        if root.exists() and not root.is_dir():
-            raise BadInputError(f"home {root} exists and is not a folder")
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root = Path(chosen).expanduser().resolve()
+            if root.exists() and not root.is_dir():
+                raise BadInputError(f"home {root} exists and is not a folder")
+            root.mkdir(parents=True, exist_ok=True)
+        except (OSError, ValueError) as exc:  # a NUL in the name, a name too long, no permission
+            raise BadInputError(f"home {str(chosen)[:200]!r} cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
         return cls(root)
 
     @property
@@ -82,7 +97,7 @@ class Home:
         return self.root / "locks"
 
     def block_dir(self, block: int) -> Path:
-        return self.interactions / f"block={int(block)}"
+        return self.interactions / f"block={block_number(block)}"
 
     def model_dir(self, block: int, name: str) -> Path:
-        return self.models / f"block={int(block)}" / safe_name(name, "model name")
+        return self.models / f"block={block_number(block)}" / safe_name(name, "model name")

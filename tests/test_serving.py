@@ -137,13 +137,22 @@ def test_unknown_users_get_the_most_popular_items_flagged(served):
 
 @pytest.mark.parametrize("params", [
     {"user": "u3", "k": 0}, {"user": "u3", "k": 101}, {"user": "u3", "k": "ten"}, {"k": 5}, {"user": ""},
-    {"user": "x" * 257},
+    {"user": "x" * 257}, {"user": "u3", "k": -5}, {"user": "u3", "k": 10**30}, {"user": "u3", "k": 2.5},
 ])
 def test_bad_parameters_are_refused_with_422(served, params):
     with _client(served) as client:
         answer = client.get("/recommend", params=params)
     assert answer.status_code == 422
     assert answer.json()["detail"][0]["loc"][0] == "query"
+
+
+def test_user_ids_are_looked_up_never_used_as_paths(served):
+    """Traversal strings, NUL, RTL marks and emoji are just unknown users: popular items, 200."""
+    with _client(served) as client:
+        for user in ("../../etc/passwd", "/etc/passwd", "a\x00b", "\u202eu3", "😀", "u3/../u4"):
+            answer = client.get("/recommend", params={"user": user, "k": 3})
+            assert answer.status_code == 200, user
+            assert answer.json()["fallback"] == "popular" and answer.json()["user"] == user
 
 
 def test_k_is_capped_by_config_and_defaults_to_default_k(served):

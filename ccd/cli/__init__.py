@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except CcdError as exc:
-        print(f"ccd {args.command}: error: {exc}", file=sys.stderr)
+        # One line even when the message quotes a user's value holding a line break.
+        message = str(exc).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"ccd {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ccd {args.command}: interrupted", file=sys.stderr)

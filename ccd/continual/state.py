@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ccd.errors import CcdError
-from ccd.home import Home, safe_name
+from ccd.home import Home, block_number, safe_name
 from ccd.stages import DEFAULT_RUN_KEY, done_outputs
 
 BASE = "base"
@@ -48,7 +48,7 @@ class Layout:
         safe_name(self.run_key, "run key")
 
     def _under(self, root: Path, block: int) -> Path:
-        folder = root / f"block={int(block)}"
+        folder = root / f"block={block_number(block)}"
         return folder if self.run_key == DEFAULT_RUN_KEY else folder / f"run={self.run_key}"
 
     def model_dir(self, block: int, name: str) -> Path:

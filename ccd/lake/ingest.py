@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from ccd import atomic
 from ccd.config import LakeConfig
 from ccd.errors import BadInputError, BlockOrderError, ValidationFailedError
-from ccd.home import Home
+from ccd.home import Home, block_number
 from ccd.lake import catalog
 from ccd.lake.readers import read_interactions
 from ccd.lake.split import split_block
@@ -90,8 +90,7 @@ def ingest_block(
         The block failed validation; it was quarantined and nothing else changed.
     """
     path = Path(path)
-    if block < 0:
-        raise BadInputError(f"block number must be >= 0, got {block}")
+    block = block_number(block)
     with file_lock(home, "ingest", timeout=INGEST_LOCK_TIMEOUT):
         remove_orphans(home)
         blocks = {b.block: b for b in catalog.list_blocks(home)}

@@ -49,10 +49,13 @@ def read_interactions(path: str | Path) -> pd.DataFrame:
     in a CSV and `123` in a Parquet file map to the same external id later.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise BadInputError(f"{path}: file is empty")
+    try:
+        if not path.is_file():
+            raise BadInputError(f"{path}: no such file")
+        if path.stat().st_size == 0:
+            raise BadInputError(f"{path}: file is empty")
+    except OSError as exc:  # a name too long for the file system, a folder without permission
+        raise BadInputError(f"{str(path)[:200]}: cannot open ({exc.strerror})") from None
     fmt = detect_format(path)
     try:
         if fmt == "parquet":

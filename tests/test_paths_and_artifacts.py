@@ -1,0 +1,140 @@
+"""User-given names, numbers and paths never escape the home folder; artifacts load safely.
+
+- Names (models, methods, run keys, locks) pass `safe_name`; block numbers pass `block_number`;
+  registry artifacts must lie inside the home folder, symlinks resolved.
+- No pickle on any load path: a scan of `ccd/` and `flows/` for the calls that unpickle.
+- Artifacts carry checksums checked on load: one flipped byte of a registered model fails.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from ccd import registry
+from ccd.cli import main
+from ccd.config import LakeConfig
+from ccd.continual.state import Layout
+from ccd.errors import BadInputError
+from ccd.home import Home
+from ccd.lake.ingest import ingest_block
+from ccd.locking import file_lock
+from ccd.models import BPRConfig, build_model, io
+from ccd.registry import ArtifactIntegrityError
+from tests.conftest import REPO, make_block
+
+BAD_NAMES = ["../../etc", "/etc/passwd", "a/b", "a\\b", "a\x00b", "x" * 200, ".", "..", "", "line\nbreak", "~root", "-rf"]
+BAD_BLOCKS = ["../../etc", "1", -1, True, 1.5, None]
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
+def test_names_from_users_never_become_paths(home, tmp_path, name):
+    outside = _files(tmp_path)
+    attempts = [
+        lambda: home.model_dir(0, name),
+        lambda: Layout(home, name),
+        lambda: Layout(home, "ccd", run_key=name),
+        lambda: registry.register(home, name, home.root, 0, "ccd", {}, 1),
+        lambda: registry.register(home, "student", home.root, 0, name, {}, 1),
+        lambda: file_lock(home, name).__enter__(),
+    ]
+    for attempt in attempts:
+        with pytest.raises(BadInputError, match="invalid"):
+            attempt()
+    assert _files(tmp_path) - outside <= _files(home.root)
+
+
+@pytest.mark.parametrize("block", BAD_BLOCKS, ids=repr)
+def test_block_numbers_must_be_whole_numbers(home, tmp_path, block):
+    path = tmp_path / "b.csv"
+    make_block().to_csv(path, index=False)
+    before = _files(tmp_path)
+    for attempt in (lambda: home.block_dir(block), lambda: home.model_dir(block, "student"),
+                    lambda: ingest_block(home, path, block, LakeConfig())):
+        with pytest.raises(BadInputError, match="block number must be an integer >= 0"):
+            attempt()
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ingest", "FILE", "--block", "0"], "no such file"),
+    (["ingest", "x" * 300 + ".csv", "--block", "0"], "cannot open"),
+    (["ingest", "we\nird.csv", "--block", "0"], "no such file"),
+    (["registry", "show", "../../etc"], "has no alias"),
+    (["blocks", "--home", "bad\x00home"], "cannot be used"),
+    (["blocks", "--home", "h" * 300], "cannot be used"),
+])
+def test_cli_refuses_odd_paths_in_one_line(home, tmp_path, capsys, argv, message):
+    argv = [str(tmp_path / "missing.csv") if a == "FILE" else a for a in argv]
+    if "--home" not in argv:
+        argv += ["--home", str(home.root)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_registry_artifacts_must_resolve_inside_home(home, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "weights.bin").write_bytes(b"x")
+    (home.root / "models").mkdir()
+    (home.root / "models" / "link").symlink_to(outside)
+    for artifact in (outside, home.root / "models" / "link", "models/../../outside", Path("/etc")):
+        with pytest.raises(BadInputError, match="outside the home folder"):
+            registry.register(home, "student", artifact, 0, "ccd", {"recall@20": 0.1}, 1)
+    assert registry.list_versions(home) == []
+
+
+# --- no pickle ------------------------------------------------------------------------------
+
+UNSAFE = {
+    "pickle": re.compile(r"\b(import|from)\s+(c?pickle|dill|cloudpickle|shelve|marshal)\b|\b(c?pickle|dill|cloudpickle|shelve|marshal)\.\w+\("),
+    "joblib": re.compile(r"\bjoblib\b"),
+    "torch.load without weights_only=True": re.compile(r"torch\.load\((?![^)]*weights_only\s*=\s*True)"),
+    "np.load with allow_pickle": re.compile(r"\b(np|numpy)\.load\([^)]*allow_pickle\s*=\s*True"),
+    "pandas read_pickle": re.compile(r"read_pickle\("),
+}
+
+
+def test_no_pickle_on_any_load_path():
+    sources = sorted((REPO / "ccd").rglob("*.py")) + sorted((REPO / "flows").rglob("*.py"))
+    assert len(sources) > 20
+    found = [f"{path.relative_to(REPO)}:{n}: {what}" for path in sources
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             for what, pattern in UNSAFE.items() if pattern.search(line)]
+    assert found == []
+
+
+def test_the_scan_finds_what_it_looks_for():
+    lines = ["import pickle", "from dill import loads", "pickle.loads(blob)", "torch.load(path)", "np.load(f, allow_pickle=True)", "from joblib import load",
+             "pd.read_pickle(p)"]
+    assert all(any(p.search(line) for p in UNSAFE.values()) for line in lines)
+    safe = ["torch.load(path, weights_only=True)", "Save and load models without pickle.", "nothing is unpickled"]
+    assert not any(p.search(line) for p in UNSAFE.values() for line in safe)
+
+
+# --- checksums ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("file", [io.WEIGHTS, io.META])
+def test_one_flipped_byte_in_a_registered_model_fails_its_load(home, file):
+    folder = io.save(build_model(BPRConfig(dim=4, seed=0), 12, 15), home.model_dir(0, "student"))
+    version = registry.register(home, "student", folder, 0, "ccd", {"recall@20": 0.1}, 108)
+    registry.promote(home, "student", version.version, "test")
+    assert torch.equal(io.load(registry.load_artifact_path(home, "student")).user_emb,
+                       io.load(folder).user_emb)
+    target = folder / file
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    with pytest.raises(ArtifactIntegrityError, match="does not match its registered sha256"):
+        registry.load_artifact_path(home, "student")
+    if file == io.WEIGHTS:
+        with pytest.raises(io.ModelFileError, match="SHA-256"):
+            io.load(folder)
