@@ -32,6 +32,7 @@ PRELOAD = ["ccd.lake.ingest", "great_expectations", "torch", "ccd.models.io", "c
 STAGES = ("ingest", "train", "register")
 MODEL = "student"
 METRIC = "h_recall@20"
+RETRAIN = "retrain"
 
 
 def context() -> multiprocessing.context.BaseContext:
@@ -43,7 +44,7 @@ def context() -> multiprocessing.context.BaseContext:
 
 def run_child(target: Callable[..., Any], *args: Any, timeout: float = 120) -> int:
     """Run `target(*args)` in a forkserver child and return its exit code (-9 when SIGKILLed)."""
-    child = context().Process(target=target, args=args)
+    child = context().Process(target=target, args=args, daemon=True)  # killed if the test dies first
     child.start()
     child.join(timeout)
     if child.exitcode is None:
@@ -68,9 +69,10 @@ def pipeline(root: Path, landing: Path, blocks: list[int]) -> None:
         stages.run_stage(home, block, "register", lambda: _register(home, block))
 
 
-def model_dir(block: int) -> str:
-    """Where block k's model lives, relative to the home folder."""
-    return f"models/block={block}/{MODEL}"
+def model_dir(block: int, run_key: str = "default") -> str:
+    """Where block k's model of a run lives, relative to the home folder."""
+    run = "" if run_key == "default" else f"run={run_key}/"
+    return f"models/block={block}/{run}{MODEL}"
 
 
 def _ingest(home, landing: Path, block: int):
@@ -80,7 +82,7 @@ def _ingest(home, landing: Path, block: int):
     return ingest_block(home, landing / f"block_{block}.csv", block, LakeConfig())
 
 
-def _train(home, block: int) -> dict[str, Any]:
+def _train(home, block: int, run_key: str = "default") -> dict[str, Any]:
     """Save a seeded tiny BPR-MF sized to the block's id space.
 
     It stands in for training: what a kill can break is the artifact save, and a seeded model
@@ -92,8 +94,8 @@ def _train(home, block: int) -> dict[str, Any]:
 
     record = catalog.get_block(home, block)
     model = BPRMF(BPRConfig(dim=4, seed=block), record.n_users, record.n_items)
-    io.save(model, home.root / model_dir(block), {"block": block})
-    return {"path": model_dir(block), "params": model.parameter_count()}
+    io.save(model, home.root / model_dir(block, run_key), {"block": block})
+    return {"path": model_dir(block, run_key), "params": model.parameter_count()}
 
 
 def _register(home, block: int) -> dict[str, Any]:
@@ -105,6 +107,55 @@ def _register(home, block: int) -> dict[str, Any]:
     version = registry.register(home, MODEL, model_dir(block), block, "ccd", metrics, n_params=4)
     decision = registry.propose(home, MODEL, version.version)
     return {"version": version.version, "promoted": decision.promoted}
+
+
+# --- concurrent writers (each waits on `barrier` so that the writes overlap)
+
+
+def ingest_together(root: Path, path: Path, block: int, barrier, results) -> None:
+    """Ingest `path` as `block` once every process is at the barrier (if any); report the status."""
+    from ccd.config import LakeConfig
+    from ccd.home import Home
+    from ccd.lake.ingest import ingest_block
+
+    if barrier is not None:
+        barrier.wait(30)
+    results.put(ingest_block(Home(root), path, block, LakeConfig()).status)
+
+
+def propose_together(root: Path, version: int, barrier, results) -> None:
+    """Propose `version` through the gate once every process is at the barrier."""
+    from ccd import registry
+    from ccd.home import Home
+
+    barrier.wait(30)
+    results.put((version, registry.propose(Home(root), MODEL, version).promoted))
+
+
+def retrain_while_ingesting(root: Path, block: int, started, ingested, results) -> None:
+    """A retrain stage of `block` that keeps reading the block until another ingest is done.
+
+    Every read must see the same data: a later block entering the lake never changes an
+    earlier one. Reports how many reads the stage made.
+    """
+    import numpy as np
+
+    from ccd import stages
+    from ccd.home import Home
+    from ccd.lake.store import load_block_data
+
+    home = Home(root)
+
+    def stage() -> dict[str, Any]:
+        first, reads = load_block_data(home, block), 1
+        started.set()
+        while not ingested.wait(0.01):
+            again = load_block_data(home, block)
+            assert np.array_equal(again.train, first.train) and again.n_users == first.n_users
+            reads += 1
+        return {**_train(home, block, RETRAIN), "reads": reads}
+
+    results.put(stages.run_stage(home, block, "train", stage, run_key=RETRAIN))
 
 
 # --- fault injection
