@@ -188,7 +188,7 @@ def _reject(home: Home, path: Path, block: int, raw: pd.DataFrame, report: Valid
     file_hash = atomic.sha256_file(path)
     folder = home.quarantine / f"block={block}" / f"{catalog.utc_now():%Y%m%dT%H%M%S}-{file_hash[:12]}"
     report_path = _write_reports(home, folder / "report", report)
-    shutil.copyfile(path, folder / f"input{path.suffix}")
+    atomic.write_with(folder / f"input{path.suffix}", lambda tmp: shutil.copyfile(path, tmp))
     with catalog.connect(home) as con:
         catalog.record_validation(con, block, file_hash, str(path), report.status, report.summary(), report_path, report.to_dict())
     raise ValidationFailedError(f"{report.summary()} (report: {home.root / report_path})")

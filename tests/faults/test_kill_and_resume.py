@@ -132,6 +132,23 @@ def test_killed_first_block_on_an_empty_home(injection, base, landing, tmp_path)
     assert state(home) == state(Home(base))
 
 
+@pytest.mark.slow
+def test_killed_quarantine_copy_leaves_no_torn_input(tmp_path):
+    bad = make_block().astype({"user_id": object})
+    bad.loc[3, "user_id"] = None
+    path = tmp_path / "block_0.csv"
+    bad.to_csv(path, index=False)
+    home = Home.resolve(tmp_path / "home")
+    copy = Injection("shutil.copyfile", 1, "torn")
+    assert workers.run_child(workers.ingest_rejected, home.root, path, 0, copy) == -signal.SIGKILL
+    assert all(p.read_bytes() == path.read_bytes() for p in home.quarantine.rglob("input.csv"))
+
+    assert workers.run_child(workers.ingest_rejected, home.root, path, 0) == 0
+    assert_clean(home)
+    inputs = list(home.quarantine.rglob("input.csv"))
+    assert inputs and all(p.read_bytes() == path.read_bytes() for p in inputs)
+
+
 def kill_and_resume(home: Home, landing: Path, blocks: list[int], injection: Injection) -> None:
     """Kill the pipeline of `blocks` at `injection`, check the crashed state, re-run, check again."""
     code = workers.run_child(workers.run_killed, home.root, landing, blocks, injection)

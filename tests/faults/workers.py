@@ -109,6 +109,22 @@ def _register(home, block: int) -> dict[str, Any]:
     return {"version": version.version, "promoted": decision.promoted}
 
 
+def ingest_rejected(root: Path, path: Path, block: int, injection: Injection | None = None) -> None:
+    """Ingest a block that fails validation (it goes to quarantine); exit 0 when it was refused."""
+    from ccd.config import LakeConfig
+    from ccd.errors import ValidationFailedError
+    from ccd.home import Home
+    from ccd.lake.ingest import ingest_block
+
+    if injection is not None:
+        arm(injection)
+    try:
+        ingest_block(Home(root), path, block, LakeConfig())
+    except ValidationFailedError:
+        return
+    raise AssertionError(f"{path} was accepted")
+
+
 # --- concurrent writers (each waits on `barrier` so that the writes overlap)
 
 
