@@ -1,4 +1,5 @@
-"""Child-process side of the fault and concurrency tests: a small pipeline, and how to kill it.
+"""Child-process side of the fault and concurrency tests: a small pipeline, how to kill it, and
+the writers that the concurrency tests run side by side.
 
 The pipeline runs, per block, the three stages whose writes matter, through the stage ledger:
 
@@ -26,7 +27,7 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, NoReturn
 
 PRELOAD = ["ccd.lake.ingest", "great_expectations", "torch", "ccd.models.io", "ccd.registry", "ccd.stages"]
 STAGES = ("ingest", "train", "register")
@@ -220,11 +221,10 @@ def arm(injection: Injection) -> None:
             return original(*args, **kwargs)
         if injection.when == "before":
             _die()
-        result = original(*args, **kwargs)
+        original(*args, **kwargs)
         if injection.when == "torn":
-            _tear(Path(args[1]))  # write_table(table, where), save_file(tensors, filename)
+            _tear(Path(args[1]))  # write_table(table, where), save_file(tensors, filename), copyfile(src, dst)
         _die()
-        return result
 
     setattr(module, attr, patched)
 
@@ -267,5 +267,5 @@ def _tear(path: Path) -> None:
         handle.truncate(path.stat().st_size // 2)
 
 
-def _die() -> None:
+def _die() -> NoReturn:
     os.kill(os.getpid(), signal.SIGKILL)
