@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 .PHONY: install demo test test-slow
 install: $(STAMP)
 
+# The backfill flow over the sample (a temporary Prefect server; its state too stays in the home).
 demo: $(STAMP)
-	$(VENV)/bin/ccd demo --home $(HOME_DIR)
+	mkdir -p $(HOME_DIR)/prefect
+	PREFECT_HOME=$(abspath $(HOME_DIR))/prefect PREFECT_SERVER_ANALYTICS_ENABLED=false \
+		$(VENV)/bin/python -m flows.backfill data/sample --home $(HOME_DIR) --config configs/sample.toml
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

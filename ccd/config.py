@@ -293,6 +293,15 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def changes(self) -> dict[str, Any]:
+        """Only the settings that differ from the defaults, by section (empty sections left out)."""
+        values, defaults = self.to_dict(), RunConfig().to_dict()
+        return {
+            section: changed
+            for section, items in values.items()
+            if (changed := {key: value for key, value in items.items() if defaults[section][key] != value})
+        }
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
         return _build(cls, values, "")

@@ -17,10 +17,11 @@ from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from ccd.config import RunConfig
+from ccd.continual.pinned_config import run_settings
 from ccd.continual.state import METHODS
 from ccd.home import Home
 from ccd.lake.ingest import block_files
+from ccd.stages import DEFAULT_RUN_KEY
 from flows.options import add_config_options, config_parameter
 from flows.process_block import UNTIL, check_options, process_block
 from flows.runners import task_runner
@@ -60,7 +61,7 @@ def backfill(
     result: dict[str, Any] = {"blocks": [block for block, _ in files]}
     print(f"backfill of {folder}: blocks {result['blocks']} done; home {where.root}")
     if until != "ingest" and files:
-        result["report"] = write_stream_report(where, RunConfig.from_dict(config or {}), method, files[-1][0])
+        result["report"] = write_stream_report(where, run_settings(where, DEFAULT_RUN_KEY, config or {}), method, files[-1][0])
         result["dashboard"] = write_dashboard(where)
         create_link_artifact(Path(result["dashboard"]).as_uri(), link_text="ops dashboard", key="dashboard")
         print(f"dashboard: {result['dashboard']}")

@@ -20,9 +20,4 @@ def config_parameter(args: argparse.Namespace) -> dict[str, Any]:
 
     Loading through `RunConfig` first rejects unknown keys and wrong types before any run starts.
     """
-    config, defaults = RunConfig.load(args.config, args.overrides).to_dict(), RunConfig().to_dict()
-    return {
-        section: changed
-        for section, values in config.items()
-        if (changed := {k: v for k, v in values.items() if defaults[section][k] != v})
-    }
+    return RunConfig.load(args.config, args.overrides).changes()

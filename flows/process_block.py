@@ -18,6 +18,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import wait
 
 from ccd.config import RunConfig
+from ccd.continual.pinned_config import run_settings
 from ccd.continual.state import METHODS
 from ccd.errors import BadInputError, ValidationFailedError
 from ccd.home import Home
@@ -110,11 +111,13 @@ def process_block(
        CCD, the registry's decision on the block's student, as artifacts.
 
     Earlier blocks must be done (the loop builds on them). `method` is CCD or a baseline of
-    `ccd stream`; `config` holds `RunConfig` sections that differ from the defaults, e.g.
-    `{"teacher": {"members": ["bpr:64x2"]}}`. Returns each stage's outputs.
+    `ccd stream`; `config` holds changes to the stream's settings (those it started with, else
+    the defaults; `ccd.continual.pinned_config`), e.g. `{"teacher": {"members": ["bpr:64x2"]}}`.
+    Returns each stage's outputs.
     """
     check_options(until, method)
-    where, cfg = Home.resolve(home), RunConfig.from_dict(config or {})
+    where = Home.resolve(home)
+    cfg = run_settings(where, DEFAULT_RUN_KEY, config or {})
     outputs: dict[str, Any] = {}
     try:
         outputs["ingest"] = ingest(where, Path(block_file), block, cfg.lake)

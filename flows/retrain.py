@@ -17,6 +17,7 @@ from typing import Any
 from prefect import flow
 
 from ccd.config import RunConfig
+from ccd.continual.pinned_config import run_settings
 from ccd.continual.state import METHODS
 from ccd.errors import BadInputError
 from ccd.home import Home
@@ -69,15 +70,15 @@ def retrain(
     `stages` (default: all of the block's) are names of `process-block`'s stages: for a CCD
     block k >= 1 `student-update`, `teacher` (every member), `ensemble`, `distill`, `evaluate`,
     `register`; for block 0 `student`, `evaluate`, `register`. `method` is CCD or a baseline;
-    `config` holds the settings that differ from the defaults, e.g. `{"train": {"lr": 0.01}}`.
+    `config` holds changes to the default run's settings, e.g. `{"train": {"lr": 0.01}}`.
     The block and the blocks before it must be done in the default run. Giving the key of an
     interrupted retrain resumes it. Returns the run key and each stage's outputs.
     """
     check_options("register", method)
-    values = RunConfig.from_dict(config or {})
-    groups = retrain_groups(block, stages, method, values)
     where = Home.resolve(home)
     key = run_key or f"retrain-{catalog.utc_now():%Y%m%dT%H%M%S}"
+    values = run_settings(where, key, config or {})
+    groups = retrain_groups(block, stages, method, values)
     print(f"retraining {' → '.join(stage_label(g[0]) for g in groups)} of block {block} ({method}) under run key {key}")
     return {"run_key": key, "stages": run_stages(where, block, values, method, key, groups)}
 

@@ -16,12 +16,13 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ccd import atomic, stages
-from ccd.config import RunConfig
+from ccd.continual.pinned_config import run_settings
 from ccd.continual.state import METHODS
 from ccd.errors import ValidationFailedError
 from ccd.home import Home
 from ccd.lake import catalog
 from ccd.lake.ingest import block_files
+from ccd.stages import DEFAULT_RUN_KEY
 from flows.options import add_config_options, config_parameter
 from flows.process_block import UNTIL, check_options, final_stage, process_block
 from flows.runners import task_runner
@@ -79,7 +80,7 @@ def stream_ingest(
             )
         run_block(str(path), block, str(where.root), config, method, until)
     if new and until != "ingest":
-        write_stream_report(where, RunConfig.from_dict(config or {}), method, new[-1][0])
+        write_stream_report(where, run_settings(where, DEFAULT_RUN_KEY, config or {}), method, new[-1][0])
         print(f"dashboard: {write_dashboard(where)}")
     return [block for block, _ in new]
 

@@ -1,4 +1,4 @@
-"""Lake commands: `ingest`, `ingest-folder`, `blocks`, `validations`, and the `demo` main job."""
+"""Lake commands: `ingest`, `ingest-folder`, `blocks`, `validations`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ BLOCK_COLUMNS = [
     "block", "rows", "train_rows", "valid_rows", "test_rows", "users", "items",
     "new_users", "new_items", "duplicates_dropped", "validation_status", "ingested_at",
 ]
-DEFAULT_SAMPLE = "data/sample"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -28,9 +27,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     validations = add_command(commands, "validations", run_validations, "list validation results, rejected blocks included")
     validations.add_argument("--block", type=int, default=None)
-
-    demo = add_command(commands, "demo", run_demo, "the main job on the embedded sample stream")
-    demo.add_argument("--data", default=DEFAULT_SAMPLE, help=f"folder of block files (default {DEFAULT_SAMPLE})")
 
 
 def run_ingest(args: argparse.Namespace) -> int:
@@ -54,18 +50,6 @@ def run_blocks(args: argparse.Namespace) -> int:
 def run_validations(args: argparse.Namespace) -> int:
     rows = catalog.list_validations(home_of(args), args.block)
     emit(args, {"validations": rows}, lambda: table(rows, ["block", "status", "checked_at", "summary", "report_path"]))
-    return 0
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    home = home_of(args)
-    results = ingest_folder(home, args.data, config_of(args).lake)
-    blocks = [b.to_dict() for b in catalog.list_blocks(home)]
-    emit(
-        args,
-        {"home": str(home.root), "ingested": [r.to_dict() for r in results], "blocks": blocks},
-        lambda: "\n".join([*(_describe(r) for r in results), "", f"catalog of {home.root}:", table(blocks, BLOCK_COLUMNS)]),
-    )
     return 0
 
 

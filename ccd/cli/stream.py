@@ -13,6 +13,7 @@ from typing import Any
 
 from ccd.cli.common import add_command, config_of, emit, home_of, table
 from ccd.continual.loop import run_stream
+from ccd.continual.pinned_config import run_settings
 from ccd.continual.state import METHODS
 from ccd.errors import BadInputError
 from ccd.lake.ingest import block_files, ingest_block
@@ -33,7 +34,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    home, config = home_of(args), config_of(args)
+    home = home_of(args)
+    config = run_settings(home, args.run_key, config_of(args).changes())
     if args.blocks is not None and args.blocks < 1:
         raise BadInputError(f"--blocks must be >= 1, got {args.blocks}")
     if args.data is not None:

@@ -41,6 +41,7 @@ from ccd.continual.baselines import finetune_student, lwckd_student, retrain_stu
 from ccd.continual.distill_stage import distill_block
 from ccd.continual.exclusion import cap, list_pairs
 from ccd.continual.state import BASE, METHODS, Layout
+from ccd.continual.pinned_config import pin_config
 from ccd.continual.student_update import make_proxies, update_student
 from ccd.continual.teacher_update import update_member
 from ccd.data import BlockData
@@ -86,6 +87,7 @@ class Run:
         self.home, self.method, self.config, self.run_key = home, method, config, run_key
         self.progress, self.callback = progress, callback
         self.layout = Layout(home, method, run_key)
+        pin_config(home, run_key, config)
         self.base = self.layout.base()
         self.device = pick_device(config.train.device)
         members = parse_members(config.teacher.members, config.teacher.lightgcn_layers, config.teacher.base_seed)

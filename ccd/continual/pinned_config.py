@@ -1,0 +1,94 @@
+"""One config per run key: a stream run refuses settings other than those it started with.
+
+Stages that are done are skipped on a re-run, so a run resumed with other settings would mix
+models trained under both (say, block 0 teachers of one ensemble and block 3 teachers of
+another) and report numbers that belong to neither. The first run under a key therefore pins the
+settings that shape its models to `runs/<run key>/config.json`; a later run under that key must
+pass the same ones, or pick a new `--run-key` (which may start from any finished block).
+
+Only the sections that change what is trained are pinned (train, teacher, distill, continual).
+The device is not pinned: the same run may resume on a GPU after starting on a CPU.
+
+What a user gives (`--config`, `--set`, a flow's `config` parameter) is read as changes to the
+run's settings (`run_settings`): a scheduled stream run with no config continues with the
+settings the stream started with, and a retrain under a new key starts from the default run's
+settings with only the changes it names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ccd import atomic
+from ccd.config import RunConfig
+from ccd.errors import BadInputError
+from ccd.home import Home, safe_name
+from ccd.stages import DEFAULT_RUN_KEY
+
+PINNED_SECTIONS = ("train", "teacher", "distill", "continual")
+UNPINNED_KEYS = {("train", "device")}
+
+
+def pinned_settings(config: RunConfig) -> dict[str, Any]:
+    """The part of `config` that a run key is held to, as plain JSON values."""
+    full = json.loads(json.dumps(config.to_dict()))  # tuples become lists, as on disk
+    return {
+        section: {key: value for key, value in full[section].items() if (section, key) not in UNPINNED_KEYS}
+        for section in PINNED_SECTIONS
+    }
+
+
+def pin_path(home: Home, run_key: str) -> Path:
+    return home.root / "runs" / safe_name(run_key, "run key") / "config.json"
+
+
+def run_settings(home: Home, run_key: str, changes: dict[str, Any]) -> RunConfig:
+    """The settings of `run_key`'s run with `changes` (sections of values) applied on top.
+
+    The base is what `run_key` was pinned with, else (a new key) what the default run was pinned
+    with, else the defaults.
+    """
+    base: dict[str, Any] = {}
+    for key in dict.fromkeys((run_key, DEFAULT_RUN_KEY)):
+        if pin_path(home, key).exists():
+            base = json.loads(pin_path(home, key).read_text(encoding="utf-8"))
+            break
+    merged = {section: {**base.get(section, {}), **changes.get(section, {})} for section in {*base, *changes}}
+    return RunConfig.from_dict(merged)
+
+
+def pin_config(home: Home, run_key: str, config: RunConfig) -> None:
+    """Record `config` for `run_key` on first use; afterwards refuse a config that differs."""
+    path = pin_path(home, run_key)
+    wanted = pinned_settings(config)
+    if not path.exists():
+        _create_once(path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+    pinned = json.loads(path.read_text(encoding="utf-8"))
+    changed = [
+        f"{section}.{key}"
+        for section in PINNED_SECTIONS
+        for key in sorted(set(wanted[section]) | set(pinned.get(section, {})))
+        if wanted[section].get(key) != pinned.get(section, {}).get(key)
+    ]
+    if changed:
+        raise BadInputError(
+            f"run key {run_key!r} was started with other settings ({', '.join(changed[:5])}"
+            f"{' ...' if len(changed) > 5 else ''} differ; see {path}): pass the same config, "
+            f"or a new --run-key to train under the new settings"
+        )
+
+
+def _create_once(path: Path, text: str) -> None:
+    """Write `path` unless another process created it first (link() never overwrites)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f"{atomic.TMP_PREFIX}{os.getpid()}-{path.name}")
+    atomic.write_text(scratch, text)
+    try:
+        os.link(scratch, path)
+    except FileExistsError:
+        pass  # a concurrent first run pinned it; the caller compares ours against it
+    finally:
+        scratch.unlink(missing_ok=True)

@@ -1,0 +1,64 @@
+"""A run key keeps the settings it started with (ccd.continual.pinned_config)."""
+
+import dataclasses
+import json
+
+import pytest
+
+from ccd.config import RunConfig
+from ccd.continual.loop import Run
+from ccd.continual.pinned_config import pin_path, run_settings
+from ccd.errors import BadInputError
+from ccd.home import Home
+
+
+def with_train(config: RunConfig, **changes) -> RunConfig:
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
+
+
+def test_first_run_pins_the_settings_that_shape_models(tmp_path):
+    home = Home.resolve(tmp_path)
+    Run(home, "ccd", RunConfig(), progress=False)
+    pinned = json.loads(pin_path(home, "default").read_text())
+    assert set(pinned) == {"train", "teacher", "distill", "continual"}
+    assert pinned["teacher"]["members"] == list(RunConfig().teacher.members)
+    assert "device" not in pinned["train"]
+
+
+def test_same_settings_resume_under_any_method_and_device(tmp_path):
+    home = Home.resolve(tmp_path)
+    Run(home, "ccd", RunConfig(), progress=False)
+    Run(home, "finetune", RunConfig(), progress=False)
+    Run(home, "ccd", with_train(RunConfig(), device="cpu"), progress=False)
+
+
+def test_other_settings_under_the_same_key_are_refused_with_the_keys_named(tmp_path):
+    home = Home.resolve(tmp_path)
+    Run(home, "ccd", RunConfig(), progress=False)
+    changed = RunConfig.load(None, ["train.max_epochs=7", "teacher.members=[\"bpr:8x1\"]"])
+    with pytest.raises(BadInputError, match=r"train\.max_epochs.*teacher\.members|teacher\.members.*train\.max_epochs"):
+        Run(home, "ccd", changed, progress=False)
+    assert json.loads(pin_path(home, "default").read_text())["train"]["max_epochs"] == RunConfig().train.max_epochs
+
+
+def test_a_new_run_key_takes_new_settings(tmp_path):
+    home = Home.resolve(tmp_path)
+    Run(home, "ccd", RunConfig(), progress=False)
+    Run(home, "ccd", with_train(RunConfig(), max_epochs=7), run_key="short", progress=False)
+    assert json.loads(pin_path(home, "short").read_text())["train"]["max_epochs"] == 7
+
+
+def test_given_settings_are_changes_to_the_run_s_own(tmp_path):
+    home = Home.resolve(tmp_path)
+    assert run_settings(home, "default", {}) == RunConfig()  # nothing pinned yet: the defaults
+    short = with_train(RunConfig(), max_epochs=7)
+    Run(home, "ccd", short, progress=False)
+    assert run_settings(home, "default", {}) == short  # a scheduled run with no config continues
+    retrain = run_settings(home, "retrain-1", {"train": {"lr": 0.01}})  # a new key starts from the default run
+    assert (retrain.train.max_epochs, retrain.train.lr) == (7, 0.01)
+    assert run_settings(home, "default", {"lake": {"duplicate_policy": "reject"}}).lake.duplicate_policy == "reject"
+
+
+def test_changes_lists_only_values_that_differ_from_the_defaults():
+    assert RunConfig().changes() == {}
+    assert with_train(RunConfig(), max_epochs=7).changes() == {"train": {"max_epochs": 7}}
