@@ -1,6 +1,7 @@
 """A run key keeps the settings it started with (ccd.continual.pinned_config)."""
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 import json
 
 import pytest
@@ -62,3 +63,11 @@ def test_given_settings_are_changes_to_the_run_s_own(tmp_path):
 def test_changes_lists_only_values_that_differ_from_the_defaults():
     assert RunConfig().changes() == {}
     assert with_train(RunConfig(), max_epochs=7).changes() == {"train": {"max_epochs": 7}}
+
+
+def test_runs_starting_at_once_pin_once_and_all_go_on(tmp_path):
+    """The teacher members of one flow run start their stages from threads of one process."""
+    home = Home.resolve(tmp_path)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: Run(home, "ccd", RunConfig(), progress=False), range(32)))
+    assert [p.name for p in pin_path(home, "default").parent.iterdir()] == ["config.json"]

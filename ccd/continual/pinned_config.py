@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +83,20 @@ def pin_config(home: Home, run_key: str, config: RunConfig) -> None:
 
 
 def _create_once(path: Path, text: str) -> None:
-    """Write `path` unless another process created it first (link() never overwrites)."""
+    """Write `path` unless another run created it first (link() never overwrites).
+
+    The scratch file has a unique name, since the teacher members of one flow run start their
+    stages, and so pin, at the same moment from threads of one process.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f"{atomic.TMP_PREFIX}{os.getpid()}-{path.name}")
-    atomic.write_text(scratch, text)
+    fd, scratch = tempfile.mkstemp(prefix=atomic.TMP_PREFIX, suffix=".json", dir=path.parent)
     try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.link(scratch, path)
     except FileExistsError:
-        pass  # a concurrent first run pinned it; the caller compares ours against it
+        pass  # pinned by a concurrent first run; the caller compares ours against it
     finally:
-        scratch.unlink(missing_ok=True)
+        os.unlink(scratch)
