@@ -3,11 +3,14 @@
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 import json
+import os
+import time
 
 import pytest
 
 from ccd.config import RunConfig
 from ccd.continual.loop import Run
+from ccd.continual import pinned_config
 from ccd.continual.pinned_config import pin_path, run_settings
 from ccd.errors import BadInputError
 from ccd.home import Home
@@ -65,9 +68,16 @@ def test_changes_lists_only_values_that_differ_from_the_defaults():
     assert with_train(RunConfig(), max_epochs=7).changes() == {"train": {"max_epochs": 7}}
 
 
-def test_runs_starting_at_once_pin_once_and_all_go_on(tmp_path):
+def test_runs_starting_at_once_pin_once_and_all_go_on(tmp_path, monkeypatch):
     """The teacher members of one flow run start their stages from threads of one process."""
     home = Home.resolve(tmp_path)
+    link = os.link
+
+    def slow_link(source, target):  # widen the window between writing the scratch file and linking it
+        time.sleep(0.02)
+        link(source, target)
+
+    monkeypatch.setattr(pinned_config.os, "link", slow_link)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: Run(home, "ccd", RunConfig(), progress=False), range(32)))
     assert [p.name for p in pin_path(home, "default").parent.iterdir()] == ["config.json"]
