@@ -14,10 +14,12 @@ $(STAMP): pyproject.toml
 .PHONY: install demo test test-slow
 install: $(STAMP)
 
-# The backfill flow over the sample (a temporary Prefect server; its state too stays in the home).
+# The backfill flow over the sample. It starts a temporary Prefect server, whose state also stays
+# in the home; its first start creates the database, which can take over the default 20 s on a busy machine.
 demo: $(STAMP)
 	mkdir -p $(HOME_DIR)/prefect
 	PREFECT_HOME=$(abspath $(HOME_DIR))/prefect PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=180 \
 		$(VENV)/bin/python -m flows.backfill data/sample --home $(HOME_DIR) --config configs/sample.toml
 
 test: $(STAMP)
