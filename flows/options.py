@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ccd.config import RunConfig
+from ccd.errors import CcdError
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -21,3 +25,17 @@ def config_parameter(args: argparse.Namespace) -> dict[str, Any]:
     Loading through `RunConfig` first rejects unknown keys and wrong types before any run starts.
     """
     return RunConfig.load(args.config, args.overrides).changes()
+
+
+@contextmanager
+def one_line_errors(flow_name: str) -> Iterator[None]:
+    """End a `python -m flows.<name>` run that failed on bad input or state with one line and exit 2.
+
+    The flow run's log (and the UI) keep the details; the terminal gets the reason, as from `ccd`.
+    """
+    try:
+        yield
+    except CcdError as exc:
+        message = str(exc).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"{flow_name}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None

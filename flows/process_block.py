@@ -24,7 +24,7 @@ from ccd.errors import BadInputError, ValidationFailedError
 from ccd.home import Home
 from ccd.models import parse_members
 from ccd.stages import DEFAULT_RUN_KEY
-from flows.options import add_config_options, config_parameter
+from flows.options import add_config_options, config_parameter, one_line_errors
 from flows.tasks import (
     MEMBER, block_key, ingest, ledger_name, loop_stage, publish_metrics, publish_registry, publish_validation,
 )
@@ -139,7 +139,8 @@ def main() -> None:
     parser.add_argument("--until", default=UNTIL[-1], choices=UNTIL)
     add_config_options(parser)
     args = parser.parse_args()
-    process_block(args.block_file, args.block, args.home, config_parameter(args), args.method, args.until)
+    with one_line_errors("process-block"):
+        process_block(args.block_file, args.block, args.home, config_parameter(args), args.method, args.until)
 
 
 if __name__ == "__main__":

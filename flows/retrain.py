@@ -22,7 +22,7 @@ from ccd.continual.state import METHODS
 from ccd.errors import BadInputError
 from ccd.home import Home
 from ccd.lake import catalog
-from flows.options import add_config_options, config_parameter
+from flows.options import add_config_options, config_parameter, one_line_errors
 from flows.process_block import block_plan, check_options, run_stages
 from flows.tasks import MEMBER
 
@@ -92,7 +92,8 @@ def main() -> None:
     add_config_options(parser)
     args = parser.parse_args()
     stages = args.stages.split(",") if args.stages else None
-    retrain(args.block, stages, args.method, config_parameter(args), args.home, args.run_key)
+    with one_line_errors("retrain"):
+        retrain(args.block, stages, args.method, config_parameter(args), args.home, args.run_key)
 
 
 if __name__ == "__main__":

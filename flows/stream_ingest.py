@@ -23,7 +23,7 @@ from ccd.home import Home
 from ccd.lake import catalog
 from ccd.lake.ingest import block_files
 from ccd.stages import DEFAULT_RUN_KEY
-from flows.options import add_config_options, config_parameter
+from flows.options import add_config_options, config_parameter, one_line_errors
 from flows.process_block import UNTIL, check_options, final_stage, process_block
 from flows.runners import task_runner
 from flows.tasks import IO_RETRIES, IO_RETRY_DELAYS, transient, write_dashboard, write_stream_report
@@ -93,7 +93,8 @@ def main() -> None:
     parser.add_argument("--runner", default="threads", help="threads, dask, or a Dask scheduler address")
     add_config_options(parser)
     args = parser.parse_args()
-    stream_ingest(args.landing_folder, args.home, config_parameter(args), args.method, args.until, args.runner)
+    with one_line_errors("stream-ingest"):
+        stream_ingest(args.landing_folder, args.home, config_parameter(args), args.method, args.until, args.runner)
 
 
 if __name__ == "__main__":

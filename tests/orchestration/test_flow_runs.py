@@ -29,6 +29,7 @@ from ccd.home import Home
 from ccd.lake import catalog
 from ccd.locking import file_lock
 from flows.backfill import backfill
+from flows.backfill import main as backfill_main
 from flows.retrain import retrain
 from flows.stream_ingest import stream_ingest
 from tests.conftest import REPO, SAMPLE, make_block
@@ -174,6 +175,20 @@ def test_a_finished_backfill_runs_again_as_a_no_op(killed, resumed):
     assert backfill(str(killed["landing"]), str(home.root), TINY)["blocks"] == [0, 1, 2]
     assert ledger(home) == before and weights(home) == files
     assert len(registry.list_versions(home, "student")) == BLOCKS
+
+
+def test_a_backfill_with_other_settings_is_refused_in_one_line(killed, resumed, tmp_path, monkeypatch, capsys):
+    home = Home(shutil.copytree(killed["home"].root, tmp_path / "home"))
+    before, files = ledger(home), weights(home)
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    argv = ["backfill", str(killed["landing"]), "--home", str(home.root), "--config", str(tmp_path / "tiny.json")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--set", "train.lr=0.5"])
+    with pytest.raises(SystemExit) as stopped:
+        backfill_main()
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("backfill: error: run key 'default' was started with other settings (train.lr differ")
+    assert ledger(home) == before and weights(home) == files  # nothing trained under the new settings
 
 
 def test_a_retrain_registers_a_new_candidate_and_leaves_earlier_results_alone(killed, resumed, tmp_path):
