@@ -76,8 +76,8 @@ def pin_config(home: Home, run_key: str, config: RunConfig) -> None:
     ]
     if changed:
         raise BadInputError(
-            f"run key {run_key!r} was started with other settings ({', '.join(changed[:5])}"
-            f"{' ...' if len(changed) > 5 else ''} differ; see {path}): pass the same config, "
+            f"run key {run_key!r} was started with other settings (differing: {', '.join(changed[:5])}"
+            f"{' ...' if len(changed) > 5 else ''}; see {path}): pass the same config, "
             f"or a new --run-key to train under the new settings"
         )
 

@@ -187,7 +187,7 @@ def test_a_backfill_with_other_settings_is_refused_in_one_line(killed, resumed, 
         backfill_main()
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("backfill: error: run key 'default' was started with other settings (train.lr differ")
+    assert error.startswith("backfill: error: run key 'default' was started with other settings (differing: train.lr;")
     assert ledger(home) == before and weights(home) == files  # nothing trained under the new settings
 
 
