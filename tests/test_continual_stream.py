@@ -18,7 +18,7 @@ from ccd.cli import main
 from ccd.config import RunConfig
 from ccd.continual.loop import run_stream
 from ccd.home import Home
-from ccd.registry import list_versions
+from ccd.registry import get, list_decisions, list_versions
 from ccd.stages import list_stages
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
@@ -90,6 +90,10 @@ def test_ccd_stream_end_to_end(stream_run):
     versions = list_versions(home, "student")
     assert [v.block for v in versions] == [0, 1, 2, 3, 4, 5] and all(v.method == "ccd" for v in versions)
     assert "h_recall@20" in versions[-1].metrics
+    # each later student was gated against production re-scored on its own tests, so production moves on
+    gated = [d for d in list_decisions(home, "student") if d.kind == "gate"]
+    assert len(gated) == 6 and all("on the same tests" in d.reason for d in gated[1:])
+    assert get(home, "student", "production").block > 0
     assert set(versions[-1].lineage["teacher_members"]) == {"bpr-0", "lightgcn-0"}
     assert (home.lake / "teacher" / "ccd" / "block=5" / "user_topk.parquet").exists()
     for name in ("student", "updated-student", "proxy-s", "proxy-p", "teacher-bpr-0"):

@@ -119,6 +119,19 @@ def test_gate_promotes_first_and_better_and_keeps_worse_as_candidate(home):
     assert [d.kind for d in registry.list_decisions(home, "student")] == ["gate"] * 3
 
 
+def test_gate_compares_with_production_rescored_on_the_same_tests_while_it_is_production(home):
+    v1, v2 = add(home, 0.40), add(home, 0.30, block=1)  # v1's 0.40 was measured on block 0 alone
+    registry.propose(home, "student", v1.version)
+    decision = registry.propose(home, "student", v2.version, rescored={1: 0.20})
+    assert decision.promoted and decision.baseline == pytest.approx(0.20)
+    assert decision.reason == "h_recall@20 0.3000 vs production v1 0.2000 on the same tests: within tolerance 0.005"
+
+    v3 = add(home, 0.25, block=2)
+    stale = registry.propose(home, "student", v3.version, rescored={1: 0.10})  # v1 is no longer production
+    assert not stale.promoted and stale.baseline == pytest.approx(0.30)
+    assert "on the same tests" not in stale.reason
+
+
 def test_gate_tolerance_edge_is_inclusive(home):
     gate = GateConfig(metric=METRIC, tolerance=0.005)
     registry.propose(home, "student", add(home, 0.300).version, gate)

@@ -40,8 +40,9 @@ from ccd.continual import evaluation
 from ccd.continual.baselines import finetune_student, lwckd_student, retrain_student
 from ccd.continual.distill_stage import distill_block
 from ccd.continual.exclusion import cap, list_pairs
-from ccd.continual.state import BASE, METHODS, Layout
+from ccd.continual.gate_baseline import as_served, rescored_metrics
 from ccd.continual.pinned_config import pin_config
+from ccd.continual.state import BASE, METHODS, Layout
 from ccd.continual.student_update import make_proxies, update_student
 from ccd.continual.teacher_update import update_member
 from ccd.data import BlockData
@@ -52,7 +53,7 @@ from ccd.lake import catalog
 from ccd.lake.store import load_block_data
 from ccd.models import Recommender, io, parse_members
 from ccd.registry import propose, register
-from ccd import stages
+from ccd import registry, stages
 from ccd.stages import DEFAULT_RUN_KEY
 from ccd.teacher import TEACHER, member_dir_name, train_member, train_teacher
 from ccd.train import TrainResult, pick_device
@@ -380,8 +381,27 @@ def register_stage(run: Run, block: int) -> dict[str, Any]:
     }
     path = run.student_path(block)
     version = register(run.home, STUDENT, path, block, run.method, metrics, evaluations[-1]["student_params"], lineage, run.config)
-    decision = propose(run.home, STUDENT, version.version, run.config.registry)
+    history = [row for e in evaluations[:-1] for row in e["student"]]
+    decision = propose(run.home, STUDENT, version.version, run.config.registry, production_rescored(run, block, history))
     return {"version": version.version, "promoted": decision.promoted, "reason": decision.reason, "metrics": metrics}
+
+
+def production_rescored(run: Run, block: int, history: list[dict[str, Any]]) -> dict[int, float]:
+    """{production version: its gate metric as the model after `block`, on the candidate's tests}.
+
+    See `ccd.continual.gate_baseline`; empty when there is no production yet.
+    """
+    current = registry.aliases(run.home, STUDENT).get(registry.PRODUCTION)
+    if current is None:
+        return {}
+    production = registry.get(run.home, STUDENT, current)
+    model = io.load(registry.load_artifact_path(run.home, STUDENT, current), run.device)
+    data = run.data(block)
+    served = as_served(model, data.n_items, run.data(production.block).seen_train)
+    tests = {j: run.data(j).test for j in range(block + 1)}
+    metrics = rescored_metrics(served, history, block, tests, data.seen_train, data.n_items,
+                               run.config.continual.with_base_block, run.config.train.eval_batch_users, run.device)
+    return {current: metrics[run.config.registry.metric]}
 
 
 def _artifact(run: Run, relative: str) -> dict[str, str]:

@@ -9,7 +9,10 @@
    `GateConfig.tolerance` (absolute) below the current production's. The first sane version of
    a name is promoted, as is any sane version when production has no finite value of the metric
    to compare with. A version that is worse gets the `candidate` alias and status "candidate",
-   with the comparison as the reason; `ccd registry promote` can still force it.
+   with the comparison as the reason; `ccd registry promote` can still force it. The caller may
+   give production's metric re-measured on the new version's own tests (`rescored`, by
+   production version; `ccd.continual.gate_baseline`): it is used when that version is still
+   production when the gate decides, and production's registered metric otherwise.
 
 Proposing is idempotent: a version that already has a gate decision gets that decision back
 unchanged, so a re-run flow does not re-decide (or log twice) against a production that may have
@@ -19,6 +22,7 @@ moved since.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from ccd.config import GateConfig
 from ccd.home import Home
@@ -29,13 +33,16 @@ from ccd.registry.store import CANDIDATE, PRODUCTION, ArtifactIntegrityError, De
 _EDGE = 1e-12
 
 
-def propose(home: Home, name: str, version: int, gate: GateConfig | None = None) -> Decision:
+def propose(home: Home, name: str, version: int, gate: GateConfig | None = None,
+            rescored: Mapping[int, float] | None = None) -> Decision:
     """Run the gate on `version` of `name`: promote it to production or keep it back.
 
     Parameters
     ----------
     gate : GateConfig
         Metric and tolerance; defaults to `GateConfig()` (the `registry` config section).
+    rescored : mapping production version -> float, optional
+        The gate metric of that version measured on the same tests as `version`.
 
     Returns
     -------
@@ -55,7 +62,7 @@ def propose(home: Home, name: str, version: int, gate: GateConfig | None = None)
         if problems:
             return store.keep_back(con, target, "rejected", "failed sanity checks: " + "; ".join(problems))
         production = store.fetch(con, name, PRODUCTION)
-        promoted, reason, baseline = compare(target, production, gate)
+        promoted, reason, baseline = compare(target, production, gate, rescored or {})
         comparison = {"metric": gate.metric, "value": target.metrics[gate.metric], "baseline": baseline}
         if promoted:
             return store.set_production(con, target, "gate", reason, **comparison)
@@ -79,21 +86,24 @@ def sanity_problems(home: Home, version: ModelVersion, metric: str) -> list[str]
     return problems
 
 
-def compare(target: ModelVersion, production: ModelVersion | None, gate: GateConfig) -> tuple[bool, str, float | None]:
+def compare(target: ModelVersion, production: ModelVersion | None, gate: GateConfig,
+            rescored: Mapping[int, float] | None = None) -> tuple[bool, str, float | None]:
     """(promote?, reason, production's metric) for a sane `target` against `production`."""
     value = target.metrics[gate.metric]
     if production is None:
         return True, f"first sane {target.name}: no production yet ({gate.metric} {value:.4f})", None
-    baseline = production.metrics.get(gate.metric)
+    same_tests = production.version in (rescored or {})
+    baseline = rescored[production.version] if same_tests else production.metrics.get(gate.metric)
+    where = " on the same tests" if same_tests else ""
     if baseline is None or not math.isfinite(baseline):
         return True, f"production v{production.version} has no finite {gate.metric} to compare with", None
     drop = baseline - value
     if drop <= gate.tolerance + _EDGE:
         return True, (
-            f"{gate.metric} {value:.4f} vs production v{production.version} {baseline:.4f}: "
+            f"{gate.metric} {value:.4f} vs production v{production.version} {baseline:.4f}{where}: "
             f"within tolerance {gate.tolerance:g}"
         ), baseline
     return False, (
-        f"{gate.metric} {value:.4f} is {drop:.4f} below production v{production.version} {baseline:.4f} "
+        f"{gate.metric} {value:.4f} is {drop:.4f} below production v{production.version} {baseline:.4f}{where} "
         f"(tolerance {gate.tolerance:g})"
     ), baseline
