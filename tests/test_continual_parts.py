@@ -113,3 +113,16 @@ def test_similarity_graph_finds_cosine_neighbours_without_self_loops():
     assert neighbours[0] == {1, 2} and neighbours[1] == {0, 2} and neighbours[2] == {0, 1}
     assert neighbours[3] == set()
     assert all(u not in n for u, n in neighbours.items())
+
+
+def test_similarity_graph_matches_dense_cosine_top_neighbours():
+    rng = np.random.default_rng(3)
+    dense = rng.random((40, 25)) < 0.15
+    pairs = np.argwhere(dense)
+    indptr, indices = similarity_graph(pairs, n_rows=40, n_cols=25, degree=3, min_similarity=0.2, batch=7)
+    norms = np.sqrt(dense.sum(1)).clip(1e-12)
+    sims = (dense @ dense.T.astype(float)) / (norms[:, None] * norms[None, :])
+    for row in range(40):
+        candidates = [(-sims[row, c], c) for c in range(40) if c != row and sims[row, c] >= 0.2]
+        expected = [c for _, c in sorted(candidates)[:3]]
+        assert indices[indptr[row]:indptr[row + 1]].tolist() == sorted(expected)

@@ -21,7 +21,6 @@ here need no training.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -102,7 +101,7 @@ def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.
 
 
 def similarity_graph(pairs: np.ndarray, n_rows: int, n_cols: int, degree: int = 10,
-                     min_similarity: float = 0.1, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+                     min_similarity: float = 0.1, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Each row's `degree` most cosine-similar other rows of a binary interaction matrix.
 
     Rows are users (pairs (user, item)) or, with the columns swapped, items. The authors search
@@ -110,34 +109,41 @@ def similarity_graph(pairs: np.ndarray, n_rows: int, n_cols: int, degree: int = 
     neighbours above a small floor gives the same mean degree in one chunked pass, and no
     entity is left without neighbours just because it is in a sparse region.
 
+    Only rows that share a column have a non-zero similarity, so overlaps are counted from the
+    co-occurring pairs (sum over columns of degree^2, chunked by `batch` rows) rather than from
+    dense (rows x rows) blocks: seconds instead of a minute on a Gowalla block. Ties go to the
+    smaller row id. `pairs` must be distinct.
+
     Returns the CSR (indptr, indices) of the neighbour lists; self-loops are excluded.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        matrix = torch.sparse_coo_tensor(
-            torch.as_tensor(pairs.T, dtype=torch.long), torch.ones(len(pairs)), (n_rows, n_cols), check_invariants=True
-        ).coalesce().to_sparse_csr()
-    norms = torch.sqrt(torch.bincount(torch.as_tensor(pairs[:, 0]), minlength=n_rows).float()).clamp_min(1e-12)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    norms = np.sqrt(np.bincount(pairs[:, 0], minlength=n_rows).astype(np.float64))
+    col_ptr, col_rows = csr_from_pairs(pairs[:, 1], pairs[:, 0], n_cols)  # column -> its rows
     rows_out, cols_out = [], []
     for start in range(0, n_rows, batch):
-        stop = min(start + batch, n_rows)
-        block = _dense_rows(matrix, start, stop)                                   # (b, n_cols)
-        overlap = torch.sparse.mm(matrix, block.T).T                               # (b, n_rows)
-        sims = overlap / (norms[start:stop, None] * norms[None, :])
-        sims[torch.arange(stop - start), torch.arange(start, stop)] = -1.0         # no self-loops
-        values, neighbours = sims.topk(min(degree, n_rows - 1), dim=1)
-        keep = values >= min_similarity
-        rows_out.append(torch.arange(start, stop)[:, None].expand_as(neighbours)[keep].numpy())
-        cols_out.append(neighbours[keep].numpy())
+        mine = pairs[(pairs[:, 0] >= start) & (pairs[:, 0] < start + batch)]
+        rows, cols, overlap = _co_occurrences(mine, col_ptr, col_rows, n_rows)
+        sims = overlap / (norms[rows] * norms[cols])
+        keep = (rows != cols) & (sims >= min_similarity)
+        rows, cols, sims = rows[keep], cols[keep], sims[keep]
+        order = np.lexsort((cols, -sims, rows))                      # per row: most similar first
+        rows, cols = rows[order], cols[order]
+        rank = np.arange(len(rows)) - np.searchsorted(rows, rows)    # position within the row
+        rows_out.append(rows[rank < degree])
+        cols_out.append(cols[rank < degree])
     return csr_from_pairs(np.concatenate(rows_out), np.concatenate(cols_out), n_rows)
 
 
-def _dense_rows(matrix: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    crow = matrix.crow_indices()
-    lo, hi = int(crow[start]), int(crow[stop])
-    local = torch.sparse_csr_tensor(crow[start:stop + 1] - lo, matrix.col_indices()[lo:hi], matrix.values()[lo:hi],
-                                    (stop - start, matrix.shape[1]), check_invariants=True)
-    return local.to_dense()
+def _co_occurrences(pairs: np.ndarray, col_ptr: np.ndarray, col_rows: np.ndarray,
+                    n_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, other row, number of shared columns) for every row in `pairs` and every row that
+    shares a column with it."""
+    starts, lengths = col_ptr[pairs[:, 1]], np.diff(col_ptr)[pairs[:, 1]]
+    rows = np.repeat(pairs[:, 0], lengths)
+    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    others = col_rows[np.repeat(starts, lengths) + offsets]
+    keys, overlap = np.unique(rows * n_rows + others, return_counts=True)
+    return keys // n_rows, keys % n_rows, overlap.astype(np.float64)
 
 
 def layer_tables(model: Recommender) -> list[tuple[torch.Tensor, torch.Tensor]]:

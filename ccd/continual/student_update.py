@@ -25,7 +25,7 @@ from ccd.config import ContinualConfig, RunConfig
 from ccd.continual.exclusion import cap, top_pairs
 from ccd.continual.proxies import blend_state
 from ccd.continual.replay import ReplayLoss, steps_per_epoch
-from ccd.continual.updates import clone, grown, proxy_replay, recent_items, update_config
+from ccd.continual.updates import ProxyReplay, clone, grown, recent_items, update_config
 from ccd.data import BlockData
 from ccd.models import Recommender
 from ccd.train import Callback, TrainResult, pick_device, train
@@ -103,12 +103,12 @@ def update_student(
     sources = [(stability, c.student_stability_samples)]
     if not _same(stability, plasticity):
         sources.append((plasticity, c.student_plasticity_samples))
-    draw = lambda epoch: proxy_replay(student, sources, old_users, recent, c.student_top, c.replay_eps, seed + epoch)
+    proxies = ProxyReplay(student, sources, old_users, recent, c.student_top, c.replay_eps)
     settings = update_config(config)
-    replay = ReplayLoss(model, draw, steps_per_epoch(len(data.train), settings.batch_size), c.replay_weight,
-                        c.student_replay_temperature, c.replay_resample_every, seed)
+    replay = ReplayLoss(model, lambda epoch: proxies.draw(seed + epoch), steps_per_epoch(len(data.train), settings.batch_size),
+                        c.replay_weight, c.student_replay_temperature, c.replay_resample_every, seed)
     k = cap(c.exclude_top, data.n_items)
-    negatives = [top_pairs(m.score, old_users, k, recent, device=device) for m in (student, *(s for s, _ in sources))]
+    negatives = [top_pairs(student.score, old_users, k, recent, device=device), proxies.exclusion_pairs(k)]
     if protected is not None:
         negatives.append(protected)
     result = train(model, data, settings, seed=seed, exclude_negatives=np.concatenate(negatives), callback=callback,

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from ccd.config import RunConfig
-from ccd.continual.exclusion import cap, top_pairs
+from ccd.continual.exclusion import cap
 from ccd.continual.lwckd import LwcKd
 from ccd.continual.replay import ReplayLoss, steps_per_epoch
-from ccd.continual.updates import grown, proxy_replay, recent_items, update_config
+from ccd.continual.updates import ProxyReplay, grown, recent_items, update_config
 from ccd.data import BlockData
 from ccd.models import Batch, Recommender
 from ccd.train import Callback, Extension, TrainResult, pick_device, train
@@ -106,13 +106,11 @@ def update_member(
         parts.append(LwcKd(model, member, previous_train, data.train, c))
         sources = [(m.to(device).eval(), n) for m, n in (sources or []) if n > 0]
         if sources:
-            old_users = np.arange(member.n_users)
             recent = recent_items(data, previous_train, device)
-            draw = lambda epoch: proxy_replay(model, sources, old_users, recent, c.teacher_top, c.replay_eps, seed + epoch)
-            parts.append(ReplayLoss(model, draw, steps_per_epoch(len(data.train), settings.batch_size), c.replay_weight,
-                                    c.teacher_replay_temperature, c.replay_resample_every, seed))
-            k = cap(c.exclude_top, data.n_items)
-            negatives += [top_pairs(m.score, old_users, k, recent, device=device) for m, _ in sources]
+            replay = ProxyReplay(model, sources, np.arange(member.n_users), recent, c.teacher_top, c.replay_eps)
+            parts.append(ReplayLoss(model, lambda epoch: replay.draw(seed + epoch), steps_per_epoch(len(data.train), settings.batch_size),
+                                    c.replay_weight, c.teacher_replay_temperature, c.replay_resample_every, seed))
+            negatives.append(replay.exclusion_pairs(cap(c.exclude_top, data.n_items)))
     extension = Extensions(parts) if parts else None
     exclude = np.concatenate(negatives) if negatives else None
     result = train(model, data, settings, seed=seed, exclude_negatives=exclude, callback=callback, progress=progress, extension=extension)

@@ -3,7 +3,7 @@
 - `update_config`: the training budget of an update (`continual.update_*` over `train`);
 - `grown`: a copy of the model, its tables grown to the block's id space (neighbour init);
 - `recent_items`: each user's training items of blocks k-1 and k, which replay never draws;
-- `proxy_replay`: the union of replay sets drawn from several sources (spec 2.3c, 2.4).
+- `ProxyReplay`: replay sets drawn from several frozen sources (spec 2.3c, 2.4).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ccd.config import RunConfig, TrainConfig
-from ccd.continual.replay import ReplaySet, sample_replay_sources
+from ccd.continual.replay import ReplaySet, draw_replay, top_items
 from ccd.data import BlockData
 from ccd.evaluate import UserItemCSR
 from ccd.models import Recommender, build_model
@@ -52,17 +52,39 @@ def recent_items(data: BlockData, previous_train: np.ndarray, device: torch.devi
     return UserItemCSR.from_pairs(np.concatenate([previous_train, data.train]), data.n_users, device)
 
 
-def proxy_replay(
-    reference: Recommender,
-    sources: list[tuple[Recommender, int]],
-    users: np.ndarray,
-    recent: UserItemCSR,
-    top: int,
-    eps: float,
-    seed: int,
-    batch_users: int = 512,
-) -> ReplaySet:
-    """Union of the replay sets drawn from each (source, samples per user); a pair drawn twice
-    keeps its larger label. Ranks are compared with `reference`'s (spec 2.3c)."""
-    scored = [(source.score, n, min(top, source.n_items)) for source, n in sources]
-    return sample_replay_sources(reference.score, scored, users, recent, eps, seed, batch_users, reference.device)
+class ProxyReplay:
+    """Replay from frozen sources during one update (spec 2.3c, 2.4).
+
+    The sources' top lists are computed once (`replay.top_items`, recent items removed); each
+    `draw` compares them with the reference's ranks *at that moment*, so a reference that is
+    the model being trained is followed as it changes. The same lists give the BPR exclusion
+    lists (`exclusion_pairs`), so no source ranks the catalogue twice.
+
+    Parameters
+    ----------
+    reference : Recommender
+        The model whose ranks weight the draws.
+    sources : list of (model, samples per user)
+    users : np.ndarray, shape (U,)
+        The old users to replay for.
+    recent : UserItemCSR
+        Items never drawn (`recent_items`).
+    top : int
+        Only each source's first `top` ranks can be drawn.
+    eps : float
+        Sharpness of the rank-disagreement weight.
+    """
+
+    def __init__(self, reference: Recommender, sources: list[tuple[Recommender, int]], users: np.ndarray,
+                 recent: UserItemCSR, top: int, eps: float, batch_users: int = 512) -> None:
+        self.reference, self.eps, self.batch_users = reference, eps, batch_users
+        self.tops = [(top_items(source.score, users, recent, min(top, source.n_items), batch_users, reference.device), n)
+                     for source, n in sources]
+
+    def draw(self, seed: int) -> ReplaySet:
+        """A replay set: the union of each source's draws; a pair drawn twice keeps its larger label."""
+        return draw_replay(self.reference.score, self.tops, self.eps, seed, self.batch_users, self.reference.device)
+
+    def exclusion_pairs(self, k: int) -> np.ndarray:
+        """Every user's first `k` items under each source, shape (E, 2), never BPR negatives."""
+        return np.concatenate([tops.pairs(k) for tops, _ in self.tops])
