@@ -100,6 +100,40 @@ class Ensemble:
         return len(self.members)
 
 
+class StoredTopK:
+    """Scores read back from `write_topk`'s user lists: each user's K listed items keep their
+    ensemble score, every other item gets -inf.
+
+    Ranking metrics at cut-offs up to K computed on these scores equal the ensemble's own, as
+    long as they exclude the pairs the lists were written without (the training pairs seen so
+    far): the top of the full ranking *is* the list. Evaluating the teacher this way re-ranks
+    nothing; on CPU, re-ranking every member over the catalogue was most of the evaluation.
+
+    Parameters
+    ----------
+    path : Path
+        A `user_topk.parquet` of `write_topk`.
+    n_items : int
+        Width of the score rows.
+    """
+
+    def __init__(self, path: Path, n_items: int) -> None:
+        ids, scores = read_topk(path)
+        self.ids, self.scores = torch.as_tensor(ids), torch.as_tensor(scores)
+        self.n_items, self.k = n_items, ids.shape[1]
+
+    @torch.no_grad()
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        """(B, n_items) scores of `users` (B,); users past the lists get -inf everywhere."""
+        out = torch.full((len(users), self.n_items), float("-inf"))
+        rows = users.cpu()
+        listed = torch.nonzero(rows < len(self.ids)).squeeze(1)
+        ids, scores = self.ids[rows[listed]], self.scores[rows[listed]]    # (L, K)
+        valid = ids >= 0
+        out[listed[:, None].expand_as(ids)[valid], ids[valid]] = scores[valid]
+        return out.to(users.device)
+
+
 @torch.no_grad()
 def write_topk(
     score_fn: ScoreFn,

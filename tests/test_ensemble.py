@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ccd.ensemble import Ensemble, rank_transform, read_topk, write_topk
+from ccd.ensemble import Ensemble, StoredTopK, rank_transform, read_topk, write_topk
+from ccd.evaluate import rank_metrics
 
 
 class TableModel:
@@ -107,3 +108,17 @@ def test_ensemble_feeds_write_topk(tmp_path):
     dense = teacher.score(torch.arange(8)).numpy()
     assert np.allclose(np.sort(scores, axis=1)[:, ::-1], np.sort(dense, axis=1)[:, ::-1])
     assert np.allclose(np.take_along_axis(dense, items, 1), scores)
+
+
+def test_stored_topk_gives_the_ensembles_metrics(tmp_path):
+    # Lists written without the seen pairs rank like the ensemble itself at cut-offs <= K.
+    rng = np.random.default_rng(2)
+    members = [TableModel(torch.as_tensor(rng.standard_normal((30, 60)), dtype=torch.float32)) for _ in range(3)]
+    teacher = Ensemble(members)
+    seen = np.argwhere(rng.random((30, 60)) < 0.2)
+    truth = np.argwhere(rng.random((30, 60)) < 0.1)
+    out = write_topk(teacher.score, 30, 60, seen, tmp_path, k_user=15, k_item=5, batch_users=7)
+    stored = StoredTopK(out["user_topk"], 60)
+    for ks in [(5,), (15,)]:
+        assert rank_metrics(stored.score, truth, seen, 60, ks=ks) == rank_metrics(teacher.score, truth, seen, 60, ks=ks)
+    assert torch.isinf(stored.score(torch.tensor([40]))).all()  # a user past the lists ranks nothing

@@ -18,7 +18,8 @@ import numpy as np
 from ccd.atomic import write_with
 from ccd.evaluate import ScoreFn, continual_summaries, rank_metrics
 
-METRICS = ("recall@20", "ndcg@20")
+CUTOFF = 20
+METRICS = (f"recall@{CUTOFF}", f"ndcg@{CUTOFF}")
 
 
 def evaluate_block(
@@ -43,7 +44,7 @@ def evaluate_block(
     """
     rows = []
     for test_block, truth in sorted(tests.items()):
-        metrics = rank_metrics(score_fn, truth, seen_train, n_items, ks=(20,), batch_users=batch_users, device=device)
+        metrics = rank_metrics(score_fn, truth, seen_train, n_items, ks=(CUTOFF,), batch_users=batch_users, device=device)
         rows.append({"trained": block, "test": test_block, **{m: metrics[m] for m in METRICS}, "users": metrics["users"]})
     return rows
 

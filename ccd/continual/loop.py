@@ -46,7 +46,7 @@ from ccd.continual.state import BASE, METHODS, Layout
 from ccd.continual.student_update import make_proxies, update_student
 from ccd.continual.teacher_update import update_member
 from ccd.data import BlockData
-from ccd.ensemble import USER_TOPK, Ensemble, read_topk, write_topk
+from ccd.ensemble import USER_TOPK, Ensemble, StoredTopK, read_topk, write_topk
 from ccd.errors import BadInputError, CcdError
 from ccd.home import Home
 from ccd.lake import catalog
@@ -357,7 +357,10 @@ def evaluate_stage(run: Run, block: int) -> dict[str, Any]:
     out: dict[str, Any] = {"student": rank(student), "student_params": student.parameter_count(), "teacher": None}
     if block == 0 or run.method in TEACHER_METHODS:
         members = [run.load(run.member_path(block, name)) for name in run.members]
-        out["teacher"] = rank(Ensemble(members))
+        # The stored lists exclude the same seen pairs as the evaluation: their top is the ranking's.
+        stored = run.config.teacher.top_k >= evaluation.CUTOFF
+        teacher = StoredTopK(run.home.root / run.topk_dir(block) / USER_TOPK, data.n_items) if stored else Ensemble(members)
+        out["teacher"] = rank(teacher)
         out["teacher_params"] = sum(m.parameter_count() for m in members)
     return out
 
