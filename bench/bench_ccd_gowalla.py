@@ -14,7 +14,8 @@ docs/benchmarks.md:
 - parameters of the student and the teacher, their ratio, and the student's share of the
   teacher's H-mean (targets: ratio <= 1/20, share >= 90%);
 - seconds per stage and block (wall and process CPU; CPU is the steady measure on a shared
-  machine) and one full CCD cycle per block.
+  machine) and one full CCD cycle per block;
+- the process's peak resident memory.
 
 The whole result is also written to `<home>/reports/stream/bench_ccd.json`.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from collections import defaultdict
@@ -78,9 +80,17 @@ def main() -> None:
         timings[method] = clock.rows
         print(f"{method}: done", file=sys.stderr)
     summary = {"command": sys.argv, "config": config.to_dict(), "results": results, "timings": timings,
-               "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "threads": torch.get_num_threads()}
+               "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "threads": torch.get_num_threads(),
+               "peak_rss_mib": peak_rss_mib()}
     write_text(home.reports / "stream" / "bench_ccd.json", json.dumps(summary, indent=2, default=str) + "\n")
     print(markdown(results, timings))
+    print(f"\nPeak resident memory of this process: {summary['peak_rss_mib']:,.0f} MiB")
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set (Linux reports ru_maxrss in KiB): the figure that shows
+    whether memory grows with users x items or stays within chunks."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class StageClock:
