@@ -1,0 +1,103 @@
+"""Which part of CCD's collaborative teacher update helps or hurts: one member, one block.
+
+    .venv/bin/python bench/bench_ccd_teacher_ablation.py --home bench/out/home-ccd-gowalla --block 2 --member bpr-0
+
+Reads a home where `bench_ccd_gowalla.py --methods ccd` has run through `--block` (it needs the
+member's CCD state after block k-1 and block k's student-update outputs), then updates that
+member on block k several ways, all from the same start and seed, and ranks each result on the
+test splits of blocks 0..k (Recall@20, every training pair so far excluded). H is the harmonic
+mean of block k's recall and the mean over blocks 0..k-1: the one-block analogue of the paper's
+H of LA and RA (which needs every earlier block's model). Nothing is written to the home.
+
+Variants: `plain` (BPR only: the KD baseline's update), `lwckd` (BPR + LWC-KD), `exclusion`
+(BPR with the exclusion lists), `replay` (BPR + replay + exclusion lists), `full` (CCD's update),
+and `full-replay-<w>` for each `--replay-weights` value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_ccd_gowalla import DEFAULTS  # noqa: E402
+from ccd.config import RunConfig  # noqa: E402
+from ccd.continual import evaluation  # noqa: E402
+from ccd.continual.loop import Run  # noqa: E402
+from ccd.continual.teacher_update import update_member  # noqa: E402
+from ccd.continual.updates import grown  # noqa: E402
+from ccd.home import Home  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--block", type=int, default=2)
+    parser.add_argument("--member", default="bpr-0")
+    parser.add_argument("--variants", default="plain,lwckd,exclusion,replay,full")
+    parser.add_argument("--replay-weights", default="", help="comma list: extra full updates with these replay weights")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = RunConfig.load(None, DEFAULTS + args.overrides)
+    run = Run(Home.resolve(args.home), "ccd", config, progress=False)
+    block, c = args.block, config.continual
+    data, previous = run.data(block), run.load(run.member_path(block - 1, args.member))
+    update = run.outputs(run.layout, block, "student-update")
+    sources = [(run.load(update["proxy_s"]), c.teacher_stability_samples),
+               (run.load(update["proxy_p"]), c.teacher_plasticity_samples),
+               (run.load(update["updated_student"]), c.teacher_student_samples)]
+    tests = {j: run.data(j).test for j in range(block + 1)}
+    # variant -> (replay sources, LWC-KD weight, replay weight, exclusion lists on)
+    variants = {
+        "plain": None,
+        "lwckd": ([], c.lwckd_weight, 0.0, False),
+        "exclusion": (sources, 0.0, 0.0, True),
+        "replay": (sources, 0.0, c.replay_weight, True),
+        "full": (sources, c.lwckd_weight, c.replay_weight, True),
+    }
+    chosen = {name: variants[name] for name in args.variants.split(",") if name}
+    for weight in filter(None, args.replay_weights.split(",")):
+        chosen[f"full-replay-{weight}"] = (sources, c.lwckd_weight, float(weight), True)
+
+    print(f"| {args.member} at block {block} | " + " | ".join(f"R@20 test {j}" for j in tests) + " | H | epochs | s |")
+    print("|" + "---|" * (len(tests) + 4))
+    print(row("before (k-1 state, grown)", score(grown(previous, data, config), run, block, tests), "-", 0.0), flush=True)
+    for name, setting in chosen.items():
+        start = time.perf_counter()
+        if setting is None:
+            model, result = update_member(previous, data, run.data(block - 1).train, config, None, False, None,
+                                          previous.config.seed * 1000 + block, progress=False)
+        else:
+            replay_sources, lwckd_weight, replay_weight, exclusion = setting
+            changed = dataclasses.replace(config, continual=dataclasses.replace(c, lwckd_weight=lwckd_weight, replay_weight=replay_weight))
+            model, result = update_member(previous, data, run.data(block - 1).train, changed, replay_sources, True,
+                                          run.protected(block, data) if exclusion else None,
+                                          previous.config.seed * 1000 + block, progress=False)
+        print(row(name, score(model, run, block, tests), f"{result.best_epoch}/{result.epochs_run}", time.perf_counter() - start), flush=True)
+
+
+def score(model, run: Run, block: int, tests: dict[int, np.ndarray]) -> list[float]:
+    data = run.data(block)
+    rows = evaluation.evaluate_block(model.score, block, tests, data.seen_train, data.n_items)
+    return [r["recall@20"] for r in rows]
+
+
+def row(name: str, recalls: list[float], epochs: str, seconds: float) -> str:
+    """Table row; H is the harmonic mean of the new block's recall and the old blocks' mean."""
+    new, old = recalls[-1], float(np.mean(recalls[:-1]))
+    return f"| {name} | " + " | ".join(f"{r:.4f}" for r in recalls) + f" | {2 * new * old / (new + old):.4f} | {epochs} | {seconds:.0f} |"
+
+
+if __name__ == "__main__":
+    main()
