@@ -7,7 +7,8 @@
 Ingests the blocks into the home (a no-op when they are there), runs `ccd.continual.loop.
 run_stream` for each method in turn (block 0 is computed once and shared; finished stages are
 skipped, so an interrupted benchmark resumes), and prints markdown tables for
-docs/benchmarks.md:
+docs/benchmarks.md. Another setting is compared under a new `--run-key` from `--from-block 1`,
+reusing block 0 (and the default run's report is left as it is):
 
 - student H-mean (Recall@20) after every block, and LA / RA / H (Recall@20, NDCG@20) at the end,
   per method; the teacher's for the methods that keep one (ccd, kd);
@@ -17,7 +18,7 @@ docs/benchmarks.md:
   machine) and one full CCD cycle per block;
 - the process's peak resident memory.
 
-The whole result is also written to `<home>/reports/stream/bench_ccd.json`.
+The whole result is also written to `<home>/reports/stream/bench_ccd.json` (`bench_ccd-<run key>.json`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main() -> None:
     parser.add_argument("--home", required=True, help="state folder (kept: re-runs resume)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, CCD first")
     parser.add_argument("--blocks", type=int, default=None, help="use blocks 0..N-1 (default all)")
+    parser.add_argument("--run-key", default="default", help="a new key trains under new settings, reusing earlier blocks")
+    parser.add_argument("--from-block", type=int, default=0, help="first block to run (earlier ones are read, not re-run)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
@@ -76,13 +79,14 @@ def main() -> None:
     for method in args.methods.split(","):
         clock = StageClock()
         last = None if args.blocks is None else args.blocks - 1
-        results[method] = run_stream(home, method, config, last, progress=False, callback=clock)
+        results[method] = run_stream(home, method, config, last, args.run_key, args.from_block, progress=False, callback=clock)
         timings[method] = clock.rows
         print(f"{method}: done", file=sys.stderr)
     summary = {"command": sys.argv, "config": config.to_dict(), "results": results, "timings": timings,
                "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "threads": torch.get_num_threads(),
                "peak_rss_mib": peak_rss_mib()}
-    write_text(home.reports / "stream" / "bench_ccd.json", json.dumps(summary, indent=2, default=str) + "\n")
+    name = "bench_ccd.json" if args.run_key == "default" else f"bench_ccd-{args.run_key}.json"
+    write_text(home.reports / "stream" / name, json.dumps(summary, indent=2, default=str) + "\n")
     print(markdown(results, timings))
     print(f"\nPeak resident memory of this process: {summary['peak_rss_mib']:,.0f} MiB")
 

@@ -5,13 +5,15 @@
 Reads a home where `bench_ccd_gowalla.py --methods ccd` has run through `--block` (it needs the
 member's CCD state after block k-1 and block k's student-update outputs), then updates that
 member on block k several ways, all from the same start and seed, and ranks each result on the
-test splits of blocks 0..k (Recall@20, every training pair so far excluded). H is the harmonic
-mean of block k's recall and the mean over blocks 0..k-1: the one-block analogue of the paper's
-H of LA and RA (which needs every earlier block's model). Nothing is written to the home.
+valid (default; choose settings there) or test splits of blocks 0..k (Recall@20, every training
+pair so far excluded). H is the harmonic mean of block k's recall and the mean over blocks
+0..k-1: the one-block analogue of the paper's H of LA and RA (which needs every earlier block's
+model). Nothing is written to the home.
 
 Variants: `plain` (BPR only: the KD baseline's update), `lwckd` (BPR + LWC-KD), `exclusion`
 (BPR with the exclusion lists), `replay` (BPR + replay + exclusion lists), `full` (CCD's update),
-and `full-replay-<w>` for each `--replay-weights` value.
+`full-bpr` (replay in the BPR form, `continual.teacher_replay_form`), `full-proxies` (replay
+from S and P only, not the updated student), and `full-replay-<w>` for each `--replay-weights`.
 """
 
 from __future__ import annotations
@@ -45,51 +47,54 @@ def main() -> None:
     parser.add_argument("--member", default="bpr-0")
     parser.add_argument("--variants", default="plain,lwckd,exclusion,replay,full")
     parser.add_argument("--replay-weights", default="", help="comma list: extra full updates with these replay weights")
+    parser.add_argument("--split", choices=("valid", "test"), default="valid")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a setting changed in every variant (the home's CCD run is read with its own)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = RunConfig.load(None, DEFAULTS + args.overrides)
-    run = Run(Home.resolve(args.home), "ccd", config, progress=False)
+    run = Run(Home.resolve(args.home), "ccd", RunConfig.load(None, DEFAULTS), progress=False)
+    config = RunConfig.load(None, DEFAULTS + args.overrides)  # --set changes every variant, not the run read
     block, c = args.block, config.continual
     data, previous = run.data(block), run.load(run.member_path(block - 1, args.member))
     update = run.outputs(run.layout, block, "student-update")
-    sources = [(run.load(update["proxy_s"]), c.teacher_stability_samples),
-               (run.load(update["proxy_p"]), c.teacher_plasticity_samples),
-               (run.load(update["updated_student"]), c.teacher_student_samples)]
-    tests = {j: run.data(j).test for j in range(block + 1)}
-    # variant -> (replay sources, LWC-KD weight, replay weight, exclusion lists on)
+    proxies = [(run.load(update["proxy_s"]), c.teacher_stability_samples),
+               (run.load(update["proxy_p"]), c.teacher_plasticity_samples)]
+    sources = proxies + [(run.load(update["updated_student"]), c.teacher_student_samples)]
+    splits = {j: getattr(run.data(j), args.split) for j in range(block + 1)}
+    # variant -> (replay sources, exclusion lists on, changes to the continual settings)
     variants = {
         "plain": None,
-        "lwckd": ([], c.lwckd_weight, 0.0, False),
-        "exclusion": (sources, 0.0, 0.0, True),
-        "replay": (sources, 0.0, c.replay_weight, True),
-        "full": (sources, c.lwckd_weight, c.replay_weight, True),
+        "lwckd": ([], False, {}),
+        "exclusion": (sources, True, {"lwckd_weight": 0.0, "teacher_replay_weight": 0.0}),
+        "replay": (sources, True, {"lwckd_weight": 0.0}),
+        "full": (sources, True, {}),
+        "full-bpr": (sources, True, {"teacher_replay_form": "bpr"}),
+        "full-proxies": (proxies, True, {}),
     }
     chosen = {name: variants[name] for name in args.variants.split(",") if name}
     for weight in filter(None, args.replay_weights.split(",")):
-        chosen[f"full-replay-{weight}"] = (sources, c.lwckd_weight, float(weight), True)
+        chosen[f"full-replay-{weight}"] = (sources, True, {"teacher_replay_weight": float(weight)})
 
-    print(f"| {args.member} at block {block} | " + " | ".join(f"R@20 test {j}" for j in tests) + " | H | epochs | s |")
-    print("|" + "---|" * (len(tests) + 4))
-    print(row("before (k-1 state, grown)", score(grown(previous, data, config), run, block, tests), "-", 0.0), flush=True)
+    print(f"| {args.member} at block {block} | " + " | ".join(f"R@20 {args.split} {j}" for j in splits) + " | H | epochs | s |")
+    print("|" + "---|" * (len(splits) + 4))
+    print(row("before (k-1 state, grown)", score(grown(previous, data, config), run, block, splits), "-", 0.0), flush=True)
     for name, setting in chosen.items():
         start = time.perf_counter()
+        seed = previous.config.seed * 1000 + block
         if setting is None:
-            model, result = update_member(previous, data, run.data(block - 1).train, config, None, False, None,
-                                          previous.config.seed * 1000 + block, progress=False)
+            model, result = update_member(previous, data, run.data(block - 1).train, config, None, False, None, seed, progress=False)
         else:
-            replay_sources, lwckd_weight, replay_weight, exclusion = setting
-            changed = dataclasses.replace(config, continual=dataclasses.replace(c, lwckd_weight=lwckd_weight, replay_weight=replay_weight))
+            replay_sources, exclusion, changes = setting
+            changed = dataclasses.replace(config, continual=dataclasses.replace(c, **changes))
             model, result = update_member(previous, data, run.data(block - 1).train, changed, replay_sources, True,
-                                          run.protected(block, data) if exclusion else None,
-                                          previous.config.seed * 1000 + block, progress=False)
-        print(row(name, score(model, run, block, tests), f"{result.best_epoch}/{result.epochs_run}", time.perf_counter() - start), flush=True)
+                                          run.protected(block, data) if exclusion else None, seed, progress=False)
+        print(row(name, score(model, run, block, splits), f"{result.best_epoch}/{result.epochs_run}", time.perf_counter() - start), flush=True)
 
 
-def score(model, run: Run, block: int, tests: dict[int, np.ndarray]) -> list[float]:
+def score(model, run: Run, block: int, splits: dict[int, np.ndarray]) -> list[float]:
     data = run.data(block)
-    rows = evaluation.evaluate_block(model.score, block, tests, data.seen_train, data.n_items)
+    rows = evaluation.evaluate_block(model.score, block, splits, data.seen_train, data.n_items)
     return [r["recall@20"] for r in rows]
 
 

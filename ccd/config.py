@@ -234,11 +234,18 @@ class ContinualConfig:
     teacher_student_samples: int = 5
     # Sharpness of the rank-disagreement weight exp(eps * (rank_ref - rank_proxy)) (spec 2.3c).
     replay_eps: float = 1e-4
-    # Replay loss weight 0.5 * exp(-epoch / T), relative to a summed BPR loss: the student anneals
-    # with T = 10, the teacher with T = 5 (the authors reuse another flag for it, B12).
+    # Replay loss weight w * exp(-epoch / T), relative to a summed BPR loss: the student anneals
+    # with T = 10, the teacher with T = 5 (the authors reuse another flag for it, B12); the
+    # spec's w is 0.5 for both.
     replay_weight: float = 0.5
     student_replay_temperature: float = 10.0
+    teacher_replay_weight: float = 0.5
     teacher_replay_temperature: float = 5.0
+    # The teacher's replay term (`replay.ReplayLoss`): "bce" against sigma(source logit), the
+    # spec's; or "bpr", the pair ranked above a random item, weighted by that label. A dim-8
+    # student's logits are large (labels ~1.0), so BCE inflates a 64-dim member's scores of
+    # whatever the student likes (docs/benchmarks.md, the ablation).
+    teacher_replay_form: Literal["bce", "bpr"] = "bce"
     # Epochs between redraws of the replay set (spec: redrawn at epoch 5); the teacher's
     # reference ranks are its current state at each redraw.
     replay_resample_every: int = 5

@@ -177,6 +177,24 @@ def test_replay_loss_chunks_labels_annealing_and_redraws():
     assert draws == [1, 6]
 
 
+def test_bpr_replay_ranks_each_pair_above_a_random_item_weighted_by_its_label():
+    model = BPRMF(BPRConfig(dim=4, seed=0), n_users=5, n_items=6)
+    replay = ReplaySet(np.array([0, 1, 2]), np.array([1, 2, 3]), np.array([0.9, 0.8, 0.1], np.float32))
+    loss = ReplayLoss(model, lambda epoch: replay, steps_per_epoch=1, weight=0.5, temperature=10.0, seed=3, form="bpr")
+    loss.start_epoch(1)
+    order = torch.randperm(3, generator=torch.Generator().manual_seed(3))
+    negatives = torch.randint(6, (3,), generator=torch.Generator().manual_seed(3).set_state(loss.generator.get_state()))
+    value = loss.loss(_pair_batch([0, 1], [0, 0]))
+    users, items = model.user_emb.detach(), model.item_emb.detach()
+    u, i, y = torch.as_tensor(replay.users)[order], torch.as_tensor(replay.items)[order], torch.as_tensor(replay.labels)[order]
+    margin = (users[u] * items[i]).sum(1) - (users[u] * items[negatives]).sum(1)
+    assert math.isclose(value.item(), float(0.5 * (y * F.softplus(-margin)).sum() / 2), rel_tol=1e-5)
+    value.backward()
+    assert torch.isfinite(model.item_emb.grad).all()
+    with pytest.raises(ValueError, match="replay form"):
+        ReplayLoss(model, lambda epoch: replay, steps_per_epoch=1, form="mse")
+
+
 # --- proxies and updates
 
 

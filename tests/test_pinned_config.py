@@ -45,6 +45,17 @@ def test_other_settings_under_the_same_key_are_refused_with_the_keys_named(tmp_p
     assert json.loads(pin_path(home, "default").read_text())["train"]["max_epochs"] == RunConfig().train.max_epochs
 
 
+def test_a_setting_added_after_the_pin_counts_at_its_default(tmp_path):
+    home = Home.resolve(tmp_path)
+    Run(home, "ccd", RunConfig(), progress=False)
+    pinned = json.loads(pin_path(home, "default").read_text())
+    del pinned["continual"]["teacher_replay_form"]  # as pinned by a version without the setting
+    pin_path(home, "default").write_text(json.dumps(pinned))
+    Run(home, "ccd", RunConfig(), progress=False)
+    with pytest.raises(BadInputError, match=r"continual\.teacher_replay_form"):
+        Run(home, "ccd", RunConfig.load(None, ["continual.teacher_replay_form=bpr"]), progress=False)
+
+
 def test_a_new_run_key_takes_new_settings(tmp_path):
     home = Home.resolve(tmp_path)
     Run(home, "ccd", RunConfig(), progress=False)

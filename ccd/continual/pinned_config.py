@@ -68,11 +68,14 @@ def pin_config(home: Home, run_key: str, config: RunConfig) -> None:
     if not path.exists():
         _create_once(path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
     pinned = json.loads(path.read_text(encoding="utf-8"))
+    # A setting added to the code after the run was pinned counts at its default, so an upgrade
+    # does not strand the runs already under way.
+    defaults = pinned_settings(RunConfig())
     changed = [
         f"{section}.{key}"
         for section in PINNED_SECTIONS
         for key in sorted(set(wanted[section]) | set(pinned.get(section, {})))
-        if wanted[section].get(key) != pinned.get(section, {}).get(key)
+        if wanted[section].get(key) != pinned.get(section, {}).get(key, defaults[section].get(key))
     ]
     if changed:
         raise BadInputError(

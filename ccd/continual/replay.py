@@ -9,8 +9,11 @@ with 0-based ranks over all items. `n_per_user` items are sampled without replac
 labelled sigma(proxy score). Ranks under the reference come from a sorted copy of its score row
 (searchsorted), so nothing larger than a (users-chunk x items) matrix is ever held.
 
-`ReplayLoss` rehearses a replay set inside the one training loop: binary cross-entropy of the
-model's score against the soft label, annealed, with the set redrawn every few epochs.
+`ReplayLoss` rehearses a replay set inside the one training loop, annealed, with the set redrawn
+every few epochs: binary cross-entropy of the model's score against the soft label (the spec's
+form), or a BPR term that ranks the pair above a random item, weighted by the label (scale-free:
+for a model whose logits live on another scale than the source's, such as a teacher replaying a
+small student, see `ContinualConfig.teacher_replay_form`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -203,11 +207,15 @@ class ReplayLoss:
     Each epoch's replay set is split into as many chunks as the epoch has BPR batches; the
     step's term is
 
-        lambda_e * sum_{(u, i, y) in chunk} BCEWithLogits(s(u, i), y) / B
+        "bce":  lambda_e * sum_{(u, i, y) in chunk} BCEWithLogits(s(u, i), y) / B
+        "bpr":  lambda_e * sum_{(u, i, y) in chunk} y * -log sigma(s(u, i) - s(u, j)) / B
 
-    with s the model's serving score, B the BPR batch size and lambda_e = weight * exp(-(e-1)/T)
-    at epoch e (`schedules.replay_weight`). The spec weighs the summed BCE against a summed BPR
-    loss; the loop's BPR loss is a mean, so dividing by B keeps the spec's ratio.
+    with s the model's serving score, j a uniformly random item, B the BPR batch size and
+    lambda_e = weight * exp(-(e-1)/T) at epoch e (`schedules.replay_weight`). The spec weighs the
+    summed BCE against a summed BPR loss; the loop's BPR loss is a mean, so dividing by B keeps
+    the spec's ratio. BCE pulls s(u, i) toward the source's logit, so when the source's logits
+    are large (labels all near 1) it inflates the pair's score without bound; the BPR form only
+    asks the pair to rank above a random item.
 
     Parameters
     ----------
@@ -222,14 +230,18 @@ class ReplayLoss:
         Initial replay weight and annealing temperature.
     resample_every : int
     seed : int
-        Of the chunk shuffling.
+        Of the chunk shuffling and the "bpr" form's random items.
+    form : {"bce", "bpr"}
     """
 
     def __init__(self, model: Recommender, draw: Callable[[int], ReplaySet], steps_per_epoch: int, weight: float = 0.5,
-                 temperature: float = 10.0, resample_every: int = 5, seed: int = 0) -> None:
+                 temperature: float = 10.0, resample_every: int = 5, seed: int = 0,
+                 form: Literal["bce", "bpr"] = "bce") -> None:
         if steps_per_epoch < 1 or resample_every < 1:
             raise ValueError(f"steps_per_epoch and resample_every must be >= 1, got {steps_per_epoch}, {resample_every}")
-        self.model, self.draw, self.steps = model, draw, steps_per_epoch
+        if form not in ("bce", "bpr"):
+            raise ValueError(f"replay form must be 'bce' or 'bpr', got {form!r}")
+        self.model, self.draw, self.steps, self.form = model, draw, steps_per_epoch, form
         self.initial, self.temperature, self.every = weight, temperature, resample_every
         self.generator = torch.Generator(device=model.device).manual_seed(seed)
         self.size = 0
@@ -257,9 +269,14 @@ class ReplayLoss:
         users, items = self.model.user_item_representations()["final"]  # (n_users, d), (n_items, d)
         if rows is None or len(rows) == 0:
             return users.sum() * 0.0
-        u, i = self.users[rows], self.items[rows]
+        u, i, y = self.users[rows], self.items[rows], self.labels[rows]
         scores = (users[u] * items[i]).sum(dim=1)  # (R,)
-        return self.weight * F.binary_cross_entropy_with_logits(scores, self.labels[rows], reduction="sum") / len(batch.users)
+        if self.form == "bce":
+            total = F.binary_cross_entropy_with_logits(scores, y, reduction="sum")
+        else:
+            j = torch.randint(items.shape[0], (len(rows),), generator=self.generator, device=items.device)
+            total = (y * F.softplus(-(scores - (users[u] * items[j]).sum(dim=1)))).sum()
+        return self.weight * total / len(batch.users)
 
 
 def steps_per_epoch(n_pairs: int, batch_size: int) -> int:

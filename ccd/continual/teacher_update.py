@@ -108,8 +108,10 @@ def update_member(
         if sources:
             recent = recent_items(data, previous_train, device)
             replay = ProxyReplay(model, sources, np.arange(member.n_users), recent, c.teacher_top, c.replay_eps)
-            parts.append(ReplayLoss(model, lambda epoch: replay.draw(seed + epoch), steps_per_epoch(len(data.train), settings.batch_size),
-                                    c.replay_weight, c.teacher_replay_temperature, c.replay_resample_every, seed))
+            if c.teacher_replay_weight > 0:  # at 0 the sources only give the exclusion lists
+                steps = steps_per_epoch(len(data.train), settings.batch_size)
+                parts.append(ReplayLoss(model, lambda epoch: replay.draw(seed + epoch), steps, c.teacher_replay_weight,
+                                        c.teacher_replay_temperature, c.replay_resample_every, seed, c.teacher_replay_form))
             negatives.append(replay.exclusion_pairs(cap(c.exclude_top, data.n_items)))
     extension = Extensions(parts) if parts else None
     exclude = np.concatenate(negatives) if negatives else None
