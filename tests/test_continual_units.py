@@ -250,6 +250,20 @@ def test_teacher_update_collaborative_and_vae_members():
     assert len(vae_next.interactions) == len(np.unique(b1.seen_train, axis=0))  # scores from the whole history
 
 
+def test_teacher_replay_form_and_weight_zero(monkeypatch):
+    b0, b1 = tiny_stream(2)
+    member = trained(BPRConfig(dim=8, seed=0), b0, tiny_config())
+    student = trained(BPRConfig(dim=4, seed=0), b0, tiny_config())
+    sources = [(make_proxies(student, None, None, tiny_config().continual)[0], 2)]
+    bce, _ = update_member(member, b1, b0.train, tiny_config(), sources, progress=False)
+    bpr, _ = update_member(member, b1, b0.train, tiny_config(teacher_replay_form="bpr"), sources, progress=False)
+    assert not torch.equal(bce.item_emb, bpr.item_emb)
+    assert validate(bpr, b1, split="test")["recall@20"] > 0.3
+    # At weight 0 the sources give only the exclusion lists: nothing is ever drawn.
+    monkeypatch.setattr("ccd.continual.updates.ProxyReplay.draw", lambda *a: pytest.fail("drew a replay set"))
+    update_member(member, b1, b0.train, tiny_config(teacher_replay_weight=0.0), sources, progress=False)
+
+
 def test_distill_block_starts_from_the_previous_student_or_fresh(tmp_path):
     b0, b1 = tiny_stream(2)
     config = tiny_config()
