@@ -32,8 +32,11 @@ from ccd.models import Batch, Recommender
 
 log = logging.getLogger(__name__)
 SELECT_METRIC = "recall@20"  # spec: selection by the block's valid Recall@20
+SELECTION = "selection"  # a validator's own selection score, when it gives one
 
 Callback = Callable[[int, dict[str, Any]], None]
+# model -> valid metrics; selection on `SELECTION` if present, else on `SELECT_METRIC`.
+Validator = Callable[[Recommender], dict[str, float]]
 
 
 class Extension(Protocol):
@@ -127,6 +130,7 @@ def train(
     callback: Callback | None = None,
     progress: bool = True,
     extension: Extension | None = None,
+    validator: Validator | None = None,
 ) -> TrainResult:
     """Train `model` on `data.train`, select on `data.valid`, restore the best state.
 
@@ -149,6 +153,9 @@ def train(
         Show a tqdm bar over epochs on stderr.
     extension : Extension, optional
         Extra loss terms and trainable parameters (distillation); epochs count from 1.
+    validator : callable, optional
+        `validator(model)` -> valid metrics, instead of `validate(model, data)`; when they hold
+        `SELECTION` the best epoch is chosen on it (`ccd.continual.selection`).
 
     Returns
     -------
@@ -201,15 +208,16 @@ def train(
         # --- evaluate, keep the best state, stop when it no longer improves
         if len(data.valid) and (epoch % config.eval_every == 0 or epoch == config.max_epochs):
             start = time.perf_counter()
-            metrics = validate(model, data, config.eval_batch_users)
+            metrics = validator(model) if validator is not None else validate(model, data, config.eval_batch_users)
             eval_seconds += time.perf_counter() - start
             record["valid"] = metrics
-            if metrics[SELECT_METRIC] > best[0]:
+            score = metrics.get(SELECTION, metrics[SELECT_METRIC])
+            if score > best[0]:
                 state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                best, stale = (metrics[SELECT_METRIC], epoch, metrics, state), 0
+                best, stale = (score, epoch, metrics, state), 0
             else:
                 stale += 1
-            bar.set_postfix(loss=f"{mean_loss:.4f}", r20=f"{metrics[SELECT_METRIC]:.4f}", best=best[1])
+            bar.set_postfix(loss=f"{mean_loss:.4f}", score=f"{score:.4f}", best=best[1])
         history.append(record)
         log.info("%s epoch %d: %s", model.kind, epoch, record)
         if callback is not None:

@@ -173,3 +173,15 @@ def test_retrain_a_block_under_a_new_run_key(ccd_home, tmp_path):
     r1 = [s for s in list_stages(home, run_key="r1")]
     assert r1 and {s.block for s in r1} == {2}
     assert (home.reports / "stream" / "ccd" / "run=r1" / "metrics.json").exists()
+
+
+def test_stream_selection_records_the_earlier_blocks_score(ccd_home, tmp_path):
+    """`continual.select_on=stream`: a baseline student's epoch is chosen on the H of its block's
+    and the earlier blocks' valid Recall@20, and the stage records both."""
+    home = copy_home(ccd_home, tmp_path)
+    config = RunConfig.load(None, [*TINY, "continual.select_on=stream"])
+    run_stream(home, "finetune", config, last_block=1, run_key="stream-select", from_block=1, progress=False)
+    [stage] = [s for s in list_stages(home, run_key="stream-select") if s.stage == "finetune-student"]
+    valid = stage.outputs["train"]["valid"]
+    new, earlier = valid["recall@20"], valid["earlier_recall@20"]
+    assert valid["selection"] == pytest.approx(2 * new * earlier / (new + earlier))

@@ -25,7 +25,7 @@ from ccd.data import BlockData
 from ccd.distill.trainer import DistillResult, TeacherSignal, distill
 from ccd.ensemble import ITEM_TOPK, USER_TOPK, read_topk
 from ccd.models import Recommender
-from ccd.train import Callback, pick_device
+from ccd.train import Callback, Validator, pick_device
 
 # CCD distils with RRD and IR-RRD only: an ensemble has no representation of its own for DE.
 KD_METHOD = "rrd-ir"
@@ -48,6 +48,7 @@ def distill_block(
     previous: Recommender | None = None,
     progress: bool = True,
     callback: Callback | None = None,
+    validator: Validator | None = None,
 ) -> DistillResult:
     """A student distilled on `data` from the teacher lists in `topk_dir`.
 
@@ -64,6 +65,8 @@ def distill_block(
     previous : Recommender, optional
         D_{k-1}: with `continual.kd_init == "previous"` the student starts from a grown copy of
         it (not modified), else from random tables.
+    validator : callable, optional
+        Selection other than block k's valid split (`ccd.continual.selection`).
     """
     users, _ = read_topk(Path(topk_dir) / USER_TOPK)
     items, _ = read_topk(Path(topk_dir) / ITEM_TOPK)
@@ -71,4 +74,5 @@ def distill_block(
     student = None
     if previous is not None and config.continual.kd_init == "previous":
         student = grown(previous.to(pick_device(config.train.device)), data, config)
-    return distill(signal, data, distill_config(config), student=student, callback=callback, progress=progress)
+    return distill(signal, data, distill_config(config), student=student, callback=callback, progress=progress,
+                   validator=validator)

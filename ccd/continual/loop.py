@@ -45,6 +45,7 @@ from ccd.continual.pinned_config import pin_config
 from ccd.continual.state import BASE, METHODS, Layout
 from ccd.continual.student_update import make_proxies, update_student
 from ccd.continual.teacher_update import update_member
+from ccd.continual.selection import stream_validator
 from ccd.data import BlockData
 from ccd.ensemble import USER_TOPK, Ensemble, StoredTopK, read_topk, write_topk
 from ccd.errors import BadInputError, CcdError
@@ -56,7 +57,7 @@ from ccd.registry import propose, register
 from ccd import registry, stages
 from ccd.stages import DEFAULT_RUN_KEY
 from ccd.teacher import TEACHER, member_dir_name, train_member, train_teacher
-from ccd.train import TrainResult, pick_device
+from ccd.train import TrainResult, Validator, pick_device
 
 log = logging.getLogger(__name__)
 StreamCallback = Callable[[str, dict[str, Any]], None]
@@ -162,6 +163,11 @@ class Run:
 
     def seed(self, block: int) -> int:
         return self.config.distill.seed * 1000 + block
+
+    def validator(self, block: int) -> Validator | None:
+        """How a served student's epoch is chosen at `block` (`continual.select_on`)."""
+        earlier = {j: self.data(j).valid for j in range(block)}
+        return stream_validator(self.config.continual, earlier, self.data(block), self.config.train.eval_batch_users)
 
 
 def run_stream(
@@ -270,7 +276,7 @@ def student_update_stage(run: Run, block: int) -> dict[str, Any]:
         before = run.outputs(layout, block - 1, "student-update")
         stability, plasticity = make_proxies(previous, run.load(before["proxy_s"]), run.load(before["proxy_p"]), run.config.continual)
     update = update_student(previous, stability, plasticity, data, run.data(block - 1).train, run.config,
-                            run.protected(block, data), run.seed(block), run.progress)
+                            run.protected(block, data), run.seed(block), run.progress, validator=run.validator(block))
     return {
         "updated_student": run.save(update.model, layout, block, "updated-student", update.train),
         "proxy_s": run.save(stability, layout, block, "proxy-s"),
@@ -321,7 +327,7 @@ def _distilled(run: Run, layout: Layout, block: int) -> dict[str, Any]:
     """D_k: a student distilled from the ensemble's lists of block k (from D_{k-1} or fresh)."""
     previous = run.load(run.student_path(block - 1)) if block > 0 else None
     result = distill_block(run.home.root / run.topk_dir(block), run.data(block), run.config, run.teacher_dim, previous,
-                           run.progress)
+                           run.progress, validator=run.validator(block))
     path = run.save(result.student, layout, block, STUDENT, result.train)
     return {"path": path, "params": result.student.parameter_count(), "train": _brief(result.train)}
 
@@ -331,15 +337,16 @@ def _distilled(run: Run, layout: Layout, block: int) -> dict[str, Any]:
 
 def baseline_student(run: Run, block: int) -> dict[str, Any]:
     """The served student of a baseline after block k."""
-    data = run.data(block)
+    data, validator = run.data(block), run.validator(block)
     if run.method == "retrain":
-        model, result = retrain_student(data, run.config, run.teacher_dim, run.progress)
+        model, result = retrain_student(data, run.config, run.teacher_dim, run.progress, validator=validator)
     else:
         previous = run.load(run.student_path(block - 1))
         if run.method == "finetune":
-            model, result = finetune_student(previous, data, run.config, run.seed(block), run.progress)
+            model, result = finetune_student(previous, data, run.config, run.seed(block), run.progress, validator=validator)
         else:
-            model, result = lwckd_student(previous, data, run.data(block - 1).train, run.config, run.seed(block), run.progress)
+            model, result = lwckd_student(previous, data, run.data(block - 1).train, run.config, run.seed(block), run.progress,
+                                          validator=validator)
     path = run.save(model, run.layout, block, STUDENT, result)
     return {"path": path, "params": model.parameter_count(), "train": _brief(result)}
 

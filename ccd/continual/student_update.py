@@ -28,7 +28,7 @@ from ccd.continual.replay import ReplayLoss, steps_per_epoch
 from ccd.continual.updates import ProxyReplay, clone, grown, recent_items, update_config
 from ccd.data import BlockData
 from ccd.models import Recommender
-from ccd.train import Callback, TrainResult, pick_device, train
+from ccd.train import Callback, TrainResult, Validator, pick_device, train
 
 
 @dataclass
@@ -72,6 +72,7 @@ def update_student(
     seed: int = 0,
     progress: bool = True,
     callback: Callback | None = None,
+    validator: Validator | None = None,
 ) -> StudentUpdate:
     """Train CL_k: D_{k-1} grown to block k, BPR on block k plus proxy-guided replay.
 
@@ -92,6 +93,8 @@ def update_student(
         Extra pairs never drawn as BPR negatives (e.g. the previous teacher's top lists).
     seed : int
         Of batches, negatives and replay draws.
+    validator : callable, optional
+        Selection other than block k's valid split (`ccd.continual.selection`).
     """
     c = config.continual
     device = pick_device(config.train.device)
@@ -112,7 +115,7 @@ def update_student(
     if protected is not None:
         negatives.append(protected)
     result = train(model, data, settings, seed=seed, exclude_negatives=np.concatenate(negatives), callback=callback,
-                   progress=progress, extension=replay)
+                   progress=progress, extension=replay, validator=validator)
     return StudentUpdate(model, result, replay.size)
 
 

@@ -1,0 +1,75 @@
+"""How much of a gap between two methods' students is the distillation's seed: one block re-distilled.
+
+    .venv/bin/python bench/bench_ccd_seed_spread.py --home bench/out/home-ccd-gowalla --block 5 \\
+        --runs kd:default,ccd:teacher-replay-0 --seeds 0,1,2 [--set continual.select_on=stream]
+
+Reads a home where `bench_ccd_gowalla.py` ran the given methods (under the given run keys)
+through `--block`; for each run and seed it distils block k's student again from that run's
+teacher lists and its own D_{k-1} (what the stream's distill stage does, `distill.seed` changed),
+and ranks it on the test splits of blocks 0..k. H is the harmonic mean of block k's Recall@20 and
+the mean over the earlier blocks (the one-block analogue of the paper's H). Seed 0 is the
+stream's own setting; `--set` changes a setting of the distillation (e.g. how its epoch is
+selected) on top of each run's own. Nothing is written to the home.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_ccd_teacher_ablation import row, score  # noqa: E402
+from ccd.continual.distill_stage import distill_block  # noqa: E402
+from ccd.continual.loop import Run  # noqa: E402
+from ccd.config import RunConfig  # noqa: E402
+from ccd.continual.pinned_config import run_settings  # noqa: E402
+from ccd.continual.selection import stream_validator  # noqa: E402
+from ccd.home import Home  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--block", type=int, default=5)
+    parser.add_argument("--runs", default="kd:default,ccd:teacher-replay-0", help="comma list of method:run-key")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    home, block = Home.resolve(args.home), args.block
+    print(f"| run | seed | " + " | ".join(f"R@20 test {j}" for j in range(block + 1)) + " | H | epochs | s |")
+    print("|" + "---|" * (block + 6))
+    for spec in args.runs.split(","):
+        method, run_key = spec.split(":")
+        run = Run(home, method, run_settings(home, run_key, {}), run_key, progress=False)
+        config = run_settings(home, run_key, changes(args.overrides))
+        data, previous = run.data(block), run.load(run.student_path(block - 1))
+        tests = {j: run.data(j).test for j in range(block + 1)}
+        for seed in (int(s) for s in args.seeds.split(",")):
+            start = time.perf_counter()
+            seeded = config.replace(distill=dataclasses.replace(config.distill, seed=seed))
+            validator = stream_validator(seeded.continual, {j: run.data(j).valid for j in range(block)}, data)
+            result = distill_block(home.root / run.topk_dir(block), data, seeded, run.teacher_dim, previous, progress=False,
+                                   validator=validator)
+            recalls = score(result.student, run, block, tests)
+            print(row(f"{spec} | {seed}", recalls, f"{result.train.best_epoch}/{result.train.epochs_run}",
+                      time.perf_counter() - start), flush=True)
+
+
+def changes(overrides: list[str]) -> dict[str, dict]:
+    """The `section.key=value` overrides as sections of changed values."""
+    wanted, default = RunConfig.load(None, overrides).to_dict(), RunConfig().to_dict()
+    return {section: {k: v for k, v in values.items() if v != default[section][k]} for section, values in wanted.items()}
+
+
+if __name__ == "__main__":
+    main()
