@@ -8,7 +8,10 @@ Ingests the blocks into the home (a no-op when they are there), runs `ccd.contin
 run_stream` for each method in turn (block 0 is computed once and shared; finished stages are
 skipped, so an interrupted benchmark resumes), and prints markdown tables for
 docs/benchmarks.md. Another setting is compared under a new `--run-key` from `--from-block 1`,
-reusing block 0 (and the default run's report is left as it is):
+reusing block 0 (and the default run's report is left as it is). KD's teacher does not depend on
+its student, so a key that changes only student settings can take KD's finished teacher stages
+(members, ensemble) from another key with `--kd-teacher-from KEY` instead of recomputing the
+same models (their ledger records are copied; refused when a teacher setting differs):
 
 - student H-mean (Recall@20) after every block, and LA / RA / H (Recall@20, NDCG@20) at the end,
   per method; the teacher's for the methods that keep one (ccd, kd);
@@ -39,10 +42,14 @@ sys.path.insert(0, str(ROOT))
 
 from ccd.atomic import write_text  # noqa: E402
 from ccd.config import RunConfig  # noqa: E402
+from ccd import stages  # noqa: E402
 from ccd.continual.loop import run_stream  # noqa: E402
+from ccd.continual.pinned_config import pinned_settings, run_settings  # noqa: E402
 from ccd.continual.state import METHODS  # noqa: E402
 from ccd.home import Home  # noqa: E402
 from ccd.lake.ingest import ingest_folder  # noqa: E402
+from ccd.models import parse_members  # noqa: E402
+from ccd.teacher import TEACHER  # noqa: E402
 
 GOWALLA = ROOT.parent / "shared" / "datasets" / "gowalla"
 # The CPU-sized defaults of this benchmark; every one can be overridden with --set.
@@ -64,6 +71,8 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=None, help="use blocks 0..N-1 (default all)")
     parser.add_argument("--run-key", default="default", help="a new key trains under new settings, reusing earlier blocks")
     parser.add_argument("--from-block", type=int, default=0, help="first block to run (earlier ones are read, not re-run)")
+    parser.add_argument("--kd-teacher-from", default=None, metavar="RUN_KEY",
+                        help="kd: reuse this key's finished teacher stages (same teacher settings)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
@@ -79,6 +88,8 @@ def main() -> None:
     for method in args.methods.split(","):
         clock = StageClock()
         last = None if args.blocks is None else args.blocks - 1
+        if method == "kd" and args.kd_teacher_from:
+            share_kd_teacher(home, config, args.kd_teacher_from, args.run_key, args.from_block, last)
         results[method] = run_stream(home, method, config, last, args.run_key, args.from_block, progress=False, callback=clock)
         timings[method] = clock.rows
         print(f"{method}: done", file=sys.stderr)
@@ -86,9 +97,48 @@ def main() -> None:
                "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "threads": torch.get_num_threads(),
                "peak_rss_mib": peak_rss_mib()}
     name = "bench_ccd.json" if args.run_key == "default" else f"bench_ccd-{args.run_key}.json"
-    write_text(home.reports / "stream" / name, json.dumps(summary, indent=2, default=str) + "\n")
+    write_summary(home.reports / "stream" / name, summary)
     print(markdown(results, timings))
     print(f"\nPeak resident memory of this process: {summary['peak_rss_mib']:,.0f} MiB")
+
+
+# What KD's teacher update reads (`teacher_update.update_member` without the collaborative terms,
+# then the ensemble): keys that agree on these train the same teacher.
+KD_TEACHER_SECTIONS = ("teacher", "train")
+KD_TEACHER_CONTINUAL = ("update_epochs", "update_lr", "update_batch_size", "init", "init_k")
+
+
+def share_kd_teacher(home: Home, config: RunConfig, source_key: str, run_key: str, first: int, last: int | None) -> None:
+    """Copy `source_key`'s finished KD teacher stages (members, ensemble) of blocks first..last to
+    `run_key`'s ledger, after checking that no setting of KD's teacher differs."""
+    mine, theirs = pinned_settings(config), pinned_settings(run_settings(home, source_key, {}))
+    keys = [(section, key) for section in KD_TEACHER_SECTIONS for key in mine[section]]
+    keys += [("continual", key) for key in KD_TEACHER_CONTINUAL]
+    differ = [f"{section}.{key}" for section, key in keys if mine[section][key] != theirs[section][key]]
+    if differ:
+        raise SystemExit(f"--kd-teacher-from {source_key}: teacher settings differ: {', '.join(differ)}")
+    members = [name for name, _ in parse_members(config.teacher.members, config.teacher.lightgcn_layers, config.teacher.base_seed)]
+    names = [f"kd-{TEACHER}-{name}" for name in members] + ["kd-ensemble"]
+    block = max(first, 1)
+    while last is None or block <= last:
+        records = [stages.get(home, block, stage, source_key) for stage in names]
+        if not all(record is not None and record.status == "done" for record in records):
+            break  # from here on the run trains its own teacher
+        for stage, record in zip(names, records):
+            stages.run_stage(home, block, stage, lambda outputs=record.outputs: outputs, run_key)
+        block += 1
+    print(f"kd: teacher stages of blocks {max(first, 1)}..{block - 1} taken from run key {source_key!r}", file=sys.stderr)
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """Write `summary`, keeping the other methods' results and timings of an earlier run under
+    the same key (methods are often benchmarked by separate processes), and a method's earlier
+    timings when this run only read its finished stages."""
+    if path.exists():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        summary["results"] = {**before.get("results", {}), **summary["results"]}
+        summary["timings"] = {**before.get("timings", {}), **{m: rows for m, rows in summary["timings"].items() if rows}}
+    write_text(path, json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def peak_rss_mib() -> float:
