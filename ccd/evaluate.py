@@ -250,8 +250,12 @@ def continual_summary(
         raise ValueError(f"continual_summary: matrix has no entry for (trained, test) {missing}")
     la = float(np.mean([matrix[(k, k)] for k in range(first, last + 1)]))
     ra = float(np.mean([matrix[(last, j)] for j in range(first, last)]))
-    h = 0.0 if la + ra == 0 else 2 * la * ra / (la + ra)
-    return {"LA": la, "RA": ra, "H": h}
+    return {"LA": la, "RA": ra, "H": harmonic(la, ra)}
+
+
+def harmonic(a: float, b: float) -> float:
+    """2ab / (a + b), and 0 when both are 0: the H-mean of learning and retaining."""
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
 
 
 def continual_summaries(

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ccd.config import RunConfig
-from ccd.continual.selection import EARLIER, StreamValidation, harmonic, stream_validator
-from ccd.evaluate import rank_metrics
+from ccd.continual.selection import EARLIER, StreamValidation, stream_validator
+from ccd.evaluate import harmonic, rank_metrics
 from ccd.models import BPRConfig, build_model
 from ccd.train import SELECTION, train, validate
 from planted import single_thread  # noqa: F401 (fixture)

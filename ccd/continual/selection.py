@@ -21,16 +21,11 @@ import numpy as np
 
 from ccd.config import ContinualConfig
 from ccd.data import BlockData
-from ccd.evaluate import rank_metrics
+from ccd.evaluate import harmonic, rank_metrics
 from ccd.models import Recommender
 from ccd.train import SELECTION, Validator
 
-
 EARLIER = "earlier_recall@20"
-
-
-def harmonic(a: float, b: float) -> float:
-    return 2 * a * b / (a + b) if a + b > 0 else 0.0
 
 
 class StreamValidation:
