@@ -32,7 +32,8 @@ def test_stream_validation_is_the_block_metrics_plus_the_h_of_new_and_earlier():
 def test_stream_validator_only_when_asked_and_when_there_is_an_earlier_block():
     blocks = tiny_stream(n_blocks=2)
     earlier = {0: blocks[0].valid}
-    assert stream_validator(RunConfig().continual, earlier, blocks[1]) is None  # the authors' rule by default
+    assert stream_validator(tiny_config(select_on="block").continual, earlier, blocks[1]) is None  # the authors' rule
+    assert RunConfig().continual.select_on == "stream"
     assert stream_validator(tiny_config(select_on="stream").continual, {}, blocks[0]) is None  # block 0: nothing earlier
     assert isinstance(stream_validator(tiny_config(select_on="stream").continual, earlier, blocks[1]), StreamValidation)
 

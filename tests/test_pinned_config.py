@@ -56,6 +56,21 @@ def test_a_setting_added_after_the_pin_counts_at_its_default(tmp_path):
         Run(home, "ccd", RunConfig.load(None, ["continual.teacher_replay_form=bpr"]), progress=False)
 
 
+def test_a_run_pinned_before_stream_selection_keeps_the_block_rule(tmp_path):
+    """`select_on` was added with a new default; a run pinned before it resumes as it ran."""
+    home = Home.resolve(tmp_path)
+    Run(home, "ccd", RunConfig.load(None, ["continual.select_on=block"]), progress=False)
+    pinned = json.loads(pin_path(home, "default").read_text())
+    del pinned["continual"]["select_on"]  # as pinned by a version without the setting
+    pin_path(home, "default").write_text(json.dumps(pinned))
+    resumed = run_settings(home, "default", {})
+    assert resumed.continual.select_on == "block"
+    Run(home, "ccd", resumed, progress=False)
+    with pytest.raises(BadInputError, match=r"continual\.select_on"):
+        Run(home, "ccd", RunConfig(), progress=False)
+    assert run_settings(home, "r1", {"continual": {"select_on": "stream"}}).continual.select_on == "stream"
+
+
 def test_a_new_run_key_takes_new_settings(tmp_path):
     home = Home.resolve(tmp_path)
     Run(home, "ccd", RunConfig(), progress=False)

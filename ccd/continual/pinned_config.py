@@ -31,6 +31,10 @@ from ccd.stages import DEFAULT_RUN_KEY
 
 PINNED_SECTIONS = ("train", "teacher", "distill", "continual")
 UNPINNED_KEYS = {("train", "device")}
+# Settings added to the code after runs were pinned whose default is not what the code did
+# before them: the value that did, so a run pinned without the key resumes as it started. Any
+# other key missing from a pin counts at its default (added with the old behaviour as default).
+BEFORE_ADDED: dict[tuple[str, str], Any] = {("continual", "select_on"): "block"}
 
 
 def pinned_settings(config: RunConfig) -> dict[str, Any]:
@@ -40,6 +44,16 @@ def pinned_settings(config: RunConfig) -> dict[str, Any]:
         section: {key: value for key, value in full[section].items() if (section, key) not in UNPINNED_KEYS}
         for section in PINNED_SECTIONS
     }
+
+
+def completed(pinned: dict[str, Any]) -> dict[str, Any]:
+    """A pin with the settings added since it was written: at `BEFORE_ADDED`, else the default."""
+    defaults = pinned_settings(RunConfig())
+    out = {section: {**defaults[section], **pinned.get(section, {})} for section in PINNED_SECTIONS}
+    for (section, key), value in BEFORE_ADDED.items():
+        if key not in pinned.get(section, {}):
+            out[section][key] = value
+    return {**pinned, **out}
 
 
 def pin_path(home: Home, run_key: str) -> Path:
@@ -55,7 +69,7 @@ def run_settings(home: Home, run_key: str, changes: dict[str, Any]) -> RunConfig
     base: dict[str, Any] = {}
     for key in dict.fromkeys((run_key, DEFAULT_RUN_KEY)):
         if pin_path(home, key).exists():
-            base = json.loads(pin_path(home, key).read_text(encoding="utf-8"))
+            base = completed(json.loads(pin_path(home, key).read_text(encoding="utf-8")))
             break
     merged = {section: {**base.get(section, {}), **changes.get(section, {})} for section in {*base, *changes}}
     return RunConfig.from_dict(merged)
@@ -67,15 +81,14 @@ def pin_config(home: Home, run_key: str, config: RunConfig) -> None:
     wanted = pinned_settings(config)
     if not path.exists():
         _create_once(path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
-    pinned = json.loads(path.read_text(encoding="utf-8"))
-    # A setting added to the code after the run was pinned counts at its default, so an upgrade
-    # does not strand the runs already under way.
-    defaults = pinned_settings(RunConfig())
+    # A setting added to the code after the run was pinned counts as the code before it behaved,
+    # so an upgrade does not strand the runs already under way.
+    pinned = completed(json.loads(path.read_text(encoding="utf-8")))
     changed = [
         f"{section}.{key}"
         for section in PINNED_SECTIONS
-        for key in sorted(set(wanted[section]) | set(pinned.get(section, {})))
-        if wanted[section].get(key) != pinned.get(section, {}).get(key, defaults[section].get(key))
+        for key in sorted(set(wanted[section]) | set(pinned[section]))
+        if wanted[section].get(key) != pinned[section].get(key)
     ]
     if changed:
         raise BadInputError(
