@@ -35,6 +35,7 @@ from bench_ccd_gowalla import DEFAULTS  # noqa: E402
 from ccd.config import RunConfig  # noqa: E402
 from ccd.continual import evaluation  # noqa: E402
 from ccd.continual.loop import Run  # noqa: E402
+from ccd.continual.pinned_config import run_settings  # noqa: E402
 from ccd.continual.teacher_update import update_member  # noqa: E402
 from ccd.continual.updates import grown  # noqa: E402
 from ccd.home import Home  # noqa: E402
@@ -53,7 +54,8 @@ def main() -> None:
                         help="a setting changed in every variant (the home's CCD run is read with its own)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    run = Run(Home.resolve(args.home), "ccd", RunConfig.load(None, DEFAULTS), progress=False)
+    home = Home.resolve(args.home)
+    run = Run(home, "ccd", run_settings(home, "default", {}), progress=False)  # the settings it was pinned with
     config = RunConfig.load(None, DEFAULTS + args.overrides)  # --set changes every variant, not the run read
     block, c = args.block, config.continual
     data, previous = run.data(block), run.load(run.member_path(block - 1, args.member))
