@@ -173,6 +173,9 @@ def test_retrain_a_block_under_a_new_run_key(ccd_home, tmp_path):
     r1 = [s for s in list_stages(home, run_key="r1")]
     assert r1 and {s.block for s in r1} == {2}
     assert (home.reports / "stream" / "ccd" / "run=r1" / "metrics.json").exists()
+    # the same key again without --from-block resumes where it started, not at block 0
+    assert main(["stream", "--method", "ccd", "--home", str(home.root), "--run-key", "r1", "--blocks", "3", "--json", *SETS]) == 0
+    assert {s.block for s in list_stages(home, run_key="r1")} == {2}
 
 
 def test_stream_selection_records_the_earlier_blocks_score(ccd_home, tmp_path):

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from ccd.cli.common import add_command, config_of, emit, home_of, table
-from ccd.continual.loop import run_stream
+from ccd.continual.loop import first_block, run_stream
 from ccd.continual.pinned_config import run_settings
 from ccd.continual.state import METHODS
 from ccd.errors import BadInputError
@@ -30,7 +30,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", choices=METHODS, default="ccd", help="CCD or a baseline (default ccd)")
     parser.add_argument("--blocks", type=int, default=None, metavar="N", help="use blocks 0..N-1 only (default: all)")
     parser.add_argument("--run-key", default=DEFAULT_RUN_KEY, help="ledger key; a new key retrains without touching the default run")
-    parser.add_argument("--from-block", type=int, default=0, metavar="K", help="first block to run (earlier ones must be done)")
+    parser.add_argument("--from-block", type=int, default=None, metavar="K",
+                        help="first block to run, earlier ones must be done (default: 0, or where the run key started)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
                 ingest_block(home, path, block, config.lake)
     last = None if args.blocks is None else args.blocks - 1
     callback = None if args.json else _print_stage
-    result = run_stream(home, args.method, config, last, args.run_key, args.from_block, progress=not args.json, callback=callback)
+    start = first_block(home, args.method, args.run_key) if args.from_block is None else args.from_block
+    result = run_stream(home, args.method, config, last, args.run_key, start, progress=not args.json, callback=callback)
     emit(args, result, lambda: _human(result))
     return 0
 

@@ -216,6 +216,16 @@ def run_stream(
     return write_report(run, last)
 
 
+def first_block(home: Home, method: str, run_key: str) -> int:
+    """Where a run under `run_key` starts: 0 for the default run or a key with nothing recorded,
+    else the first block it recorded a stage of (so a retrain started at block k resumes at k
+    rather than re-running blocks 0..k-1 under its key)."""
+    if run_key == DEFAULT_RUN_KEY:
+        return 0
+    blocks = [s.block for s in stages.list_stages(home, run_key=run_key) if s.stage.startswith((f"{method}-", f"{BASE}-"))]
+    return min(blocks, default=0)
+
+
 def run_block(run: Run, block: int) -> None:
     """Every stage of one block for `run.method`, in order (done stages are skipped)."""
     if block == 0:
