@@ -40,9 +40,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ccd import stages  # noqa: E402
 from ccd.atomic import write_text  # noqa: E402
 from ccd.config import RunConfig  # noqa: E402
-from ccd import stages  # noqa: E402
 from ccd.continual.loop import run_stream  # noqa: E402
 from ccd.continual.pinned_config import pinned_settings, run_settings  # noqa: E402
 from ccd.continual.state import METHODS  # noqa: E402

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_ccd_teacher_ablation import row, score  # noqa: E402
+from ccd.config import RunConfig  # noqa: E402
 from ccd.continual.distill_stage import distill_block  # noqa: E402
 from ccd.continual.loop import Run  # noqa: E402
-from ccd.config import RunConfig  # noqa: E402
 from ccd.continual.pinned_config import run_settings  # noqa: E402
 from ccd.continual.selection import stream_validator  # noqa: E402
 from ccd.home import Home  # noqa: E402
@@ -51,7 +51,7 @@ def main() -> None:
     for spec in args.runs.split(","):
         method, run_key = spec.split(":")
         run = Run(home, method, run_settings(home, run_key, {}), run_key, progress=False)
-        config = run_settings(home, run_key, changes(args.overrides))
+        config = run_settings(home, run_key, RunConfig.load(None, args.overrides).changes())
         data, previous = run.data(block), run.load(run.student_path(block - 1))
         tests = {j: run.data(j).test for j in range(block + 1)}
         for seed in (int(s) for s in args.seeds.split(",")):
@@ -63,12 +63,6 @@ def main() -> None:
             recalls = score(result.student, run, block, tests)
             print(row(f"{spec} | {seed}", recalls, f"{result.train.best_epoch}/{result.train.epochs_run}",
                       time.perf_counter() - start), flush=True)
-
-
-def changes(overrides: list[str]) -> dict[str, dict]:
-    """The `section.key=value` overrides as sections of changed values."""
-    wanted, default = RunConfig.load(None, overrides).to_dict(), RunConfig().to_dict()
-    return {section: {k: v for k, v in values.items() if v != default[section][k]} for section, values in wanted.items()}
 
 
 if __name__ == "__main__":
