@@ -79,7 +79,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     home = Home.resolve(args.home)
-    config = RunConfig.load(None, DEFAULTS + args.overrides)
+    # As `ccd stream` reads them: the run key's pinned settings with what is named here on top.
+    config = run_settings(home, args.run_key, RunConfig.named(None, DEFAULTS + args.overrides))
 
     start = time.perf_counter()
     ingest_folder(home, args.data, config.lake)

@@ -51,7 +51,7 @@ def main() -> None:
     for spec in args.runs.split(","):
         method, run_key = spec.split(":")
         run = Run(home, method, run_settings(home, run_key, {}), run_key, progress=False)
-        config = run_settings(home, run_key, RunConfig.load(None, args.overrides).changes())
+        config = run_settings(home, run_key, RunConfig.named(None, args.overrides))
         data, previous = run.data(block), run.load(run.student_path(block - 1))
         tests = {j: run.data(j).test for j in range(block + 1)}
         for seed in (int(s) for s in args.seeds.split(",")):

@@ -306,15 +306,6 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def changes(self) -> dict[str, Any]:
-        """Only the settings that differ from the defaults, by section (empty sections left out)."""
-        values, defaults = self.to_dict(), RunConfig().to_dict()
-        return {
-            section: changed
-            for section, items in values.items()
-            if (changed := {key: value for key, value in items.items() if defaults[section][key] != value})
-        }
-
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
         return _build(cls, values, "")
@@ -322,15 +313,28 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> "RunConfig":
         """Read `path` (JSON or TOML; none means defaults) and apply `section.key=value` overrides."""
-        values: dict[str, Any] = {}
-        if path is not None:
-            values = _read_file(Path(path))
-        for item in overrides or []:
-            _apply_override(values, item)
-        return cls.from_dict(values)
+        return cls.from_dict(_named_values(path, overrides))
+
+    @classmethod
+    def named(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+        """Only the settings that `path` and `overrides` name, by section, checked like `load`.
+
+        A run resumes with its own pinned settings plus these (`run_settings`), so a value named
+        at its default must still count: it may differ from what the run was pinned with.
+        """
+        values = _named_values(path, overrides)
+        cls.from_dict(values)  # unknown keys and wrong types fail here, before any run starts
+        return values
 
     def replace(self, **sections: Any) -> "RunConfig":
         return dataclasses.replace(self, **sections)
+
+
+def _named_values(path: str | Path | None, overrides: list[str] | None) -> dict[str, Any]:
+    values: dict[str, Any] = {} if path is None else _read_file(Path(path))
+    for item in overrides or []:
+        _apply_override(values, item)
+    return values
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -20,11 +20,12 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def config_parameter(args: argparse.Namespace) -> dict[str, Any]:
-    """The flows' `config` parameter: only the settings that differ from the defaults.
+    """The flows' `config` parameter: only the settings the user named, checked.
 
-    Loading through `RunConfig` first rejects unknown keys and wrong types before any run starts.
+    Unknown keys and wrong types fail before any run starts; a value named at its default still
+    counts, since the flow applies it on top of the run's own pinned settings.
     """
-    return RunConfig.load(args.config, args.overrides).changes()
+    return RunConfig.named(args.config, args.overrides)
 
 
 @contextmanager

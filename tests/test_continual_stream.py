@@ -16,7 +16,7 @@ import torch
 
 from ccd.cli import main
 from ccd.config import RunConfig
-from ccd.continual.loop import run_stream
+from ccd.continual.loop import Run, run_stream
 from ccd.home import Home
 from ccd.registry import get, list_decisions, list_versions
 from ccd.stages import list_stages
@@ -188,3 +188,23 @@ def test_stream_selection_records_the_earlier_blocks_score(ccd_home, tmp_path):
     valid = stage.outputs["train"]["valid"]
     new, earlier = valid["recall@20"], valid["earlier_recall@20"]
     assert valid["selection"] == pytest.approx(2 * new * earlier / (new + earlier))
+
+
+def test_ccd_serves_students_chosen_on_the_stream_and_teachers_on_their_block(ccd_home):
+    """Stream selection is the default: CCD's updated student (CL_k) and distilled student (D_k)
+    record the earlier blocks' score they were chosen on; the teacher members keep the block's rule."""
+    later = [s for s in list_stages(ccd_home) if s.block >= 1 and s.stage.startswith("ccd-")]
+    students = [s for s in later if s.stage in ("ccd-student-update", "ccd-distill")]
+    teachers = [s for s in later if s.stage.startswith("ccd-teacher-")]
+    assert len(students) == 2 * 5 and teachers
+    assert all("selection" in s.outputs["train"]["valid"] for s in students)
+    assert not any("selection" in s.outputs["train"]["valid"] for s in teachers)
+
+
+def test_selection_counts_block_zero_only_where_ra_does(ccd_home, tmp_path):
+    home = copy_home(ccd_home, tmp_path)  # Run pins its settings
+    with_base = Run(home, "ccd", RunConfig.load(None, TINY), progress=False)
+    without = Run(home, "ccd", RunConfig.load(None, [*TINY, "continual.with_base_block=false"]), run_key="no-base", progress=False)
+    assert set(with_base.validator(3).earlier_valid) == {0, 1, 2}
+    assert set(without.validator(3).earlier_valid) == {1, 2}
+    assert without.validator(1) is None  # nothing earlier that RA counts: the block's own rule

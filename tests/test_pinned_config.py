@@ -68,7 +68,8 @@ def test_a_run_pinned_before_stream_selection_keeps_the_block_rule(tmp_path):
     Run(home, "ccd", resumed, progress=False)
     with pytest.raises(BadInputError, match=r"continual\.select_on"):
         Run(home, "ccd", RunConfig(), progress=False)
-    assert run_settings(home, "r1", {"continual": {"select_on": "stream"}}).continual.select_on == "stream"
+    asked = RunConfig.named(None, ["continual.select_on=stream"])  # stream is the default: still named
+    assert run_settings(home, "r1", asked).continual.select_on == "stream"
 
 
 def test_a_new_run_key_takes_new_settings(tmp_path):
@@ -89,9 +90,21 @@ def test_given_settings_are_changes_to_the_run_s_own(tmp_path):
     assert run_settings(home, "default", {"lake": {"duplicate_policy": "reject"}}).lake.duplicate_policy == "reject"
 
 
-def test_changes_lists_only_values_that_differ_from_the_defaults():
-    assert RunConfig().changes() == {}
-    assert with_train(RunConfig(), max_epochs=7).changes() == {"train": {"max_epochs": 7}}
+def test_named_settings_are_what_the_user_wrote_even_at_their_default():
+    assert RunConfig.named(None, []) == {}
+    default = RunConfig().continual.select_on
+    assert RunConfig.named(None, [f"continual.select_on={default}"]) == {"continual": {"select_on": default}}
+    with pytest.raises(BadInputError, match="unknown config key"):
+        RunConfig.named(None, ["train.no_such_key=1"])
+
+
+def test_a_setting_named_at_its_default_is_not_dropped_on_resume(tmp_path):
+    """Naming the default against a run pinned otherwise is a change: refused, not ignored."""
+    home = Home.resolve(tmp_path)
+    Run(home, "ccd", with_train(RunConfig(), max_epochs=7), progress=False)
+    asked = run_settings(home, "default", RunConfig.named(None, [f"train.max_epochs={RunConfig().train.max_epochs}"]))
+    with pytest.raises(BadInputError, match=r"train\.max_epochs"):
+        Run(home, "ccd", asked, progress=False)
 
 
 def test_runs_starting_at_once_pin_once_and_all_go_on(tmp_path, monkeypatch):

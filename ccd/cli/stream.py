@@ -11,7 +11,8 @@ import argparse
 import sys
 from typing import Any
 
-from ccd.cli.common import add_command, config_of, emit, home_of, table
+from ccd.cli.common import add_command, emit, home_of, table
+from ccd.config import RunConfig
 from ccd.continual.loop import first_block, run_stream
 from ccd.continual.pinned_config import run_settings
 from ccd.continual.state import METHODS
@@ -36,7 +37,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     home = home_of(args)
-    config = run_settings(home, args.run_key, config_of(args).changes())
+    config = run_settings(home, args.run_key, RunConfig.named(args.config, args.overrides))
     if args.blocks is not None and args.blocks < 1:
         raise BadInputError(f"--blocks must be >= 1, got {args.blocks}")
     if args.data is not None:

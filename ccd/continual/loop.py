@@ -165,8 +165,10 @@ class Run:
         return self.config.distill.seed * 1000 + block
 
     def validator(self, block: int) -> Validator | None:
-        """How a served student's epoch is chosen at `block` (`continual.select_on`)."""
-        earlier = {j: self.data(j).valid for j in range(block)}
+        """How a served student's epoch is chosen at `block` (`continual.select_on`): on the same
+        earlier blocks as the reported RA, so block 0 only when `with_base_block`."""
+        first = 0 if self.config.continual.with_base_block else 1
+        earlier = {j: self.data(j).valid for j in range(first, block)}
         return stream_validator(self.config.continual, earlier, self.data(block), self.config.train.eval_batch_users)
 
 
@@ -217,9 +219,10 @@ def run_stream(
 
 
 def first_block(home: Home, method: str, run_key: str) -> int:
-    """Where a run under `run_key` starts: 0 for the default run or a key with nothing recorded,
-    else the first block it recorded a stage of (so a retrain started at block k resumes at k
-    rather than re-running blocks 0..k-1 under its key)."""
+    """Where `method`'s run under `run_key` starts: 0 for the default run or a key with nothing of
+    the method recorded, else the first block with a stage of the method (or a base stage) under
+    the key, so a retrain started at block k resumes at k rather than re-running blocks 0..k-1.
+    Per method: another method under the key may not have the blocks before k in the default run."""
     if run_key == DEFAULT_RUN_KEY:
         return 0
     blocks = [s.block for s in stages.list_stages(home, run_key=run_key) if s.stage.startswith((f"{method}-", f"{BASE}-"))]

@@ -8,7 +8,8 @@ scores plasticity alone, while the student served after block k is judged on the
 of its new block and every earlier one; a student that keeps improving on block k by drifting
 away from the old users is kept at its most drifted epoch. With `continual.select_on = "stream"`
 the kept epoch is the one with the best H of block k's valid Recall@20 and the mean valid
-Recall@20 of blocks 0..k-1, ranked as the evaluation ranks (every training pair so far excluded).
+Recall@20 of the blocks before k that RA counts (block 0 only with `with_base_block`), ranked as
+the evaluation ranks (every training pair so far excluded).
 The authors' `--eaa` switch is the same idea with a plain mean over blocks.
 """
 
