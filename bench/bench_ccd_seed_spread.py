@@ -9,7 +9,8 @@ teacher lists and its own D_{k-1} (what the stream's distill stage does, `distil
 and ranks it on the test splits of blocks 0..k. H is the harmonic mean of block k's Recall@20 and
 the mean over the earlier blocks (the one-block analogue of the paper's H). Seed 0 is the
 stream's own setting; `--set` changes a setting of the distillation (e.g. how its epoch is
-selected) on top of each run's own. Nothing is written to the home.
+selected) on top of each run's own. Nothing is written to the home but what a run under a key
+writes first (its pinned settings), and the runs' keys have those already.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     home, block = Home.resolve(args.home), args.block
-    print(f"| run | seed | " + " | ".join(f"R@20 test {j}" for j in range(block + 1)) + " | H | epochs | s |")
+    if block < 1:
+        raise SystemExit(f"--block must be >= 1 (block k re-distils from D_(k-1)), got {block}")
+    print("| run | seed | " + " | ".join(f"R@20 test {j}" for j in range(block + 1)) + " | H | epochs | s |")
     print("|" + "---|" * (block + 6))
     for spec in args.runs.split(","):
         method, run_key = spec.split(":")
