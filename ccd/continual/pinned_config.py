@@ -46,7 +46,7 @@ def pinned_settings(config: RunConfig) -> dict[str, Any]:
     }
 
 
-def completed(pinned: dict[str, Any]) -> dict[str, Any]:
+def with_added_settings(pinned: dict[str, Any]) -> dict[str, Any]:
     """A pin with the settings added since it was written: at `BEFORE_ADDED`, else the default."""
     defaults = pinned_settings(RunConfig())
     out = {section: {**defaults[section], **pinned.get(section, {})} for section in PINNED_SECTIONS}
@@ -69,7 +69,7 @@ def run_settings(home: Home, run_key: str, changes: dict[str, Any]) -> RunConfig
     base: dict[str, Any] = {}
     for key in dict.fromkeys((run_key, DEFAULT_RUN_KEY)):
         if pin_path(home, key).exists():
-            base = completed(json.loads(pin_path(home, key).read_text(encoding="utf-8")))
+            base = with_added_settings(json.loads(pin_path(home, key).read_text(encoding="utf-8")))
             break
     merged = {section: {**base.get(section, {}), **changes.get(section, {})} for section in {*base, *changes}}
     return RunConfig.from_dict(merged)
@@ -83,7 +83,7 @@ def pin_config(home: Home, run_key: str, config: RunConfig) -> None:
         _create_once(path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
     # A setting added to the code after the run was pinned counts as the code before it behaved,
     # so an upgrade does not strand the runs already under way.
-    pinned = completed(json.loads(path.read_text(encoding="utf-8")))
+    pinned = with_added_settings(json.loads(path.read_text(encoding="utf-8")))
     changed = [
         f"{section}.{key}"
         for section in PINNED_SECTIONS
