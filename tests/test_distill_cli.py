@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 
 import pandas as pd
 import pytest
 import torch
 
 from ccd.cli import main
+from ccd.cli.common import show_progress
 from ccd.config import LakeConfig
 from ccd.home import Home
 from ccd.lake.ingest import ingest_block
@@ -85,3 +88,10 @@ def test_distill_errors_are_one_line(home_with_teacher, capsys):
     assert code == 2 and "fewer than distill.n_interesting=50" in text
     code, _, text = _distill(home_with_teacher, capsys, "--method", "rrd", "--set", "distill.n_uninteresting=45")
     assert code == 2 and "fewer than distill.n_uninteresting=45: lower distill.top_n" in text
+
+
+@pytest.mark.parametrize("json_mode, terminal, shown", [(False, False, True), (True, False, False), (True, True, True)])
+def test_progress_bars_with_json_only_on_a_terminal(monkeypatch, json_mode, terminal, shown):
+    """stdout keeps its one JSON object either way; bars go to stderr, where a person watches."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal, raising=False)
+    assert show_progress(argparse.Namespace(json=json_mode)) is shown

@@ -41,6 +41,12 @@ def config_of(args: argparse.Namespace) -> RunConfig:
     return RunConfig.load(args.config, args.overrides)
 
 
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars (on stderr) for long work: always in table mode, and with `--json` when
+    stderr is a terminal, since stdout then still holds nothing but the one JSON object."""
+    return not getattr(args, "json", False) or sys.stderr.isatty()
+
+
 def emit(args: argparse.Namespace, payload: dict[str, Any], human: Callable[[], str]) -> None:
     """Print `payload` as JSON with `--json`, else the human-readable text `human()`."""
     if getattr(args, "json", False):

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ccd.cli.common import add_command, config_of, emit, home_of, table
+from ccd.cli.common import add_command, config_of, emit, home_of, show_progress, table
 from ccd.distill.run import distill_stored
 from ccd.distill.trainer import METHODS
 from ccd.errors import BadInputError
@@ -39,7 +39,7 @@ def run_distill(args: argparse.Namespace) -> int:
             raise BadInputError(f"--epochs must be >= 1, got {args.epochs}")
         config = config.replace(train=dataclasses.replace(config.train, max_epochs=args.epochs))
     teacher = Path(args.teacher) if args.teacher else None
-    report = distill_stored(home_of(args), args.block, config, teacher, progress=not args.json)
+    report = distill_stored(home_of(args), args.block, config, teacher, progress=show_progress(args))
     emit(args, report, lambda: _human(report))
     return 0
 

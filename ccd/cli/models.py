@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ccd.cli.common import add_command, config_of, emit, home_of, table
+from ccd.cli.common import add_command, config_of, emit, home_of, show_progress, table
 from ccd.errors import BadInputError
 from ccd.teacher import train_teacher
 
@@ -31,7 +31,7 @@ def run_train_teacher(args: argparse.Namespace) -> int:
         if args.epochs < 1:
             raise BadInputError(f"--epochs must be >= 1, got {args.epochs}")
         config = config.replace(train=dataclasses.replace(config.train, max_epochs=args.epochs))
-    report = train_teacher(home_of(args), args.block, config, retrain=args.retrain, progress=not args.json)
+    report = train_teacher(home_of(args), args.block, config, retrain=args.retrain, progress=show_progress(args))
     rows = [*report["members"], report["ensemble"]]
     emit(args, report, lambda: f"teacher of block {args.block}\n" + table(rows, COLUMNS) + f"\ntop-K lists: {report['topk']['user_topk']}")
     return 0

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from ccd.cli.common import add_command, emit, home_of, table
+from ccd.cli.common import add_command, emit, home_of, show_progress, table
 from ccd.config import RunConfig
 from ccd.continual.loop import first_block, run_stream
 from ccd.continual.pinned_config import run_settings
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     last = None if args.blocks is None else args.blocks - 1
     callback = None if args.json else _print_stage
     start = first_block(home, args.method, args.run_key) if args.from_block is None else args.from_block
-    result = run_stream(home, args.method, config, last, args.run_key, start, progress=not args.json, callback=callback)
+    result = run_stream(home, args.method, config, last, args.run_key, start, progress=show_progress(args), callback=callback)
     emit(args, result, lambda: _human(result))
     return 0
 
