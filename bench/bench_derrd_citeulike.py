@@ -10,7 +10,9 @@ every trainable parameter (experts included), LOO validation every epoch, stop a
 the epoch with the best valid Hit@N.
 
 The teacher is trained once and saved under `<home>/bench/derrd-citeulike/teacher`; each method
-writes `<method>.json` beside it, and the table is printed from every JSON there.
+writes `<method>.json` beside it, and the table is printed from every JSON there. A run saves its
+whole state after every epoch (`<method>.checkpoint.pt`, removed when the JSON is written), so
+the same command after a stop goes on from the last epoch with the same draws.
 
     .venv/bin/python bench/bench_derrd_citeulike.py --methods teacher            # ~ once
     .venv/bin/python bench/bench_derrd_citeulike.py --methods none,rd,de,rrd,de-rrd
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ccd.atomic import write_text
+from ccd.atomic import write_text, write_with
 from ccd.config import RunConfig
 from ccd.data import BlockData
 from ccd.datasets.citeulike import load_citeulike
@@ -55,8 +57,14 @@ PAPER = {  # Table 2, CiteULike/BPR, phi = 0.1 (spec derrd.md §6); IR-RRD from 
 }
 
 
-def fit(model: BPRMF, data, extension: Distiller | None, args: argparse.Namespace, device: torch.device) -> dict:
-    """The authors' loop; returns per-N best-valid test metrics, epochs and seconds per epoch."""
+def fit(model: BPRMF, data, extension: Distiller | None, args: argparse.Namespace, device: torch.device,
+        checkpoint: Path) -> dict:
+    """The authors' loop; returns per-N best-valid test metrics, epochs and seconds per epoch.
+
+    A run of several hundred epochs outlasts a working session on a CPU, so the whole loop state
+    is saved to `checkpoint` after every epoch and a later call with the same settings goes on
+    from there, drawing exactly what an uninterrupted run would.
+    """
     params = [*model.parameters(), *(extension.parameters() if extension else [])]
     # fused: the same update, ~10x faster on CPU than the for-each Adam on millions of params.
     optimizer = torch.optim.Adam(params, lr=1e-3, weight_decay=1e-3, fused=True)
@@ -65,9 +73,14 @@ def fit(model: BPRMF, data, extension: Distiller | None, args: argparse.Namespac
     pairs = torch.as_tensor(data.train, device=device)
     # One (B, n_items) matmul per chunk: cheaper than gathering (B, 500, d) candidate rows.
     score = lambda users: model.user_emb[users] @ model.item_emb.T
-    best = {k: (-1.0, 0, {}) for k in KS}  # N -> (valid hit@N, epoch, test metrics then)
-    stale, seconds = 0, []
-    bar = tqdm(range(1, args.max_epochs + 1), desc=args.label, unit="epoch", file=sys.stderr, mininterval=10)
+    loop = {"epoch": 0, "stopped": False, "stale": 0, "seconds": [],
+            "best": {k: (-1.0, 0, {}) for k in KS}}  # best: N -> (valid hit@N, epoch, test metrics then)
+    if checkpoint.exists():
+        loop = resume(checkpoint, model, extension, optimizer, generator, args)
+    best, stale, seconds = loop["best"], loop["stale"], loop["seconds"]
+    epochs = range(loop["epoch"] + 1, 0 if loop["stopped"] else args.max_epochs + 1)
+    bar = tqdm(epochs, desc=args.label, unit="epoch", file=sys.stderr, mininterval=10, initial=loop["epoch"], total=args.max_epochs)
+    epoch = loop["epoch"]
     for epoch in bar:
         # --- one epoch: summed BPR (+ the spec's summed distillation terms) per batch of 1024
         tick = time.perf_counter()
@@ -97,7 +110,9 @@ def fit(model: BPRMF, data, extension: Distiller | None, args: argparse.Namespac
         improved = bool(better)
         stale = 0 if improved else stale + 1
         bar.set_postfix(v_h5=f"{valid['hit@5']:.4f}", t_h5=f"{best[5][2]['hit@5']:.4f}", best=best[5][1])
-        if stale >= args.patience:
+        loop = {"epoch": epoch, "stopped": stale >= args.patience, "stale": stale, "seconds": seconds, "best": best}
+        save_checkpoint(checkpoint, loop, model, extension, optimizer, generator, args)
+        if loop["stopped"]:
             break
     bar.close()
     return {
@@ -109,6 +124,37 @@ def fit(model: BPRMF, data, extension: Distiller | None, args: argparse.Namespac
     }
 
 
+def settings_of(args: argparse.Namespace) -> dict:
+    """What a checkpoint must agree on to be continued."""
+    return {k: getattr(args, k) for k in ("label", "seed", "split_seed", "patience", "max_epochs", "overrides", "teacher_dim", "student_dim")}
+
+
+def save_checkpoint(path: Path, loop: dict, model: BPRMF, extension: Distiller | None, optimizer: torch.optim.Optimizer,
+                    generator: torch.Generator, args: argparse.Namespace) -> None:
+    """Atomically save everything the next epoch depends on: weights, Adam moments, both random streams."""
+    state = {"settings": settings_of(args), "loop": loop, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "generator": generator.get_state()}
+    if extension is not None:
+        state.update(experts=extension.experts.state_dict(), extension_generator=extension.generator.get_state())
+    write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def resume(path: Path, model: BPRMF, extension: Distiller | None, optimizer: torch.optim.Optimizer,
+           generator: torch.Generator, args: argparse.Namespace) -> dict:
+    """Load a checkpoint written by `save_checkpoint` into the given objects; its loop state."""
+    state = torch.load(path, map_location=model.user_emb.device, weights_only=False)
+    if state["settings"] != settings_of(args):
+        raise SystemExit(f"{path} was written with other settings ({state['settings']}); delete it to start over")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    if extension is not None:
+        extension.experts.load_state_dict(state["experts"])
+        extension.generator.set_state(state["extension_generator"])
+    print(f"{args.label}: resumed after epoch {state['loop']['epoch']} from {path}", file=sys.stderr)
+    return state["loop"]
+
+
 def teacher_model(data, out: Path, args: argparse.Namespace, device: torch.device) -> BPRMF:
     """Load the saved teacher, or train and save it (with its report as `teacher.json`)."""
     folder = out / "teacher"
@@ -116,10 +162,11 @@ def teacher_model(data, out: Path, args: argparse.Namespace, device: torch.devic
         return model_io.load(folder, device)
     model = BPRMF(BPRConfig(dim=args.teacher_dim, seed=args.seed), data.n_users, data.n_items).to(device)
     args.label = f"teacher d={args.teacher_dim}"
-    report = fit(model, data, None, args, device)
+    report = fit(model, data, None, args, device, out / "teacher.checkpoint.pt")
     report.update(method="teacher", dim=args.teacher_dim, params=model.parameter_count(), command=" ".join(sys.argv))
     model_io.save(model, folder, {"bench": report})
     write_text(out / "teacher.json", json.dumps(report, indent=2) + "\n")
+    (out / "teacher.checkpoint.pt").unlink()
     return model
 
 
@@ -132,9 +179,10 @@ def run_method(method: str, data, teacher: BPRMF | None, out: Path, args: argpar
         signal = TeacherSignal.from_model(teacher, block, config, device=device)
         extension = Distiller(student, signal, block.seen_train, config, device)
     args.label = f"{method} d={args.student_dim}"
-    report = fit(student, data, extension, args, device)
+    report = fit(student, data, extension, args, device, out / f"{method}.checkpoint.pt")
     report.update(method=method, dim=args.student_dim, params=student.parameter_count(), config=vars(config), command=" ".join(sys.argv))
     write_text(out / f"{method}.json", json.dumps(report, indent=2) + "\n")
+    (out / f"{method}.checkpoint.pt").unlink()
     return report
 
 
