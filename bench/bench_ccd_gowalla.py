@@ -44,7 +44,7 @@ from ccd import stages  # noqa: E402
 from ccd.atomic import write_text  # noqa: E402
 from ccd.config import RunConfig  # noqa: E402
 from ccd.continual.loop import run_stream  # noqa: E402
-from ccd.continual.pinned_config import pinned_settings, run_settings  # noqa: E402
+from ccd.continual.pinned_config import pin_config, pinned_settings, run_settings  # noqa: E402
 from ccd.continual.state import METHODS  # noqa: E402
 from ccd.home import Home  # noqa: E402
 from ccd.lake.ingest import ingest_folder  # noqa: E402
@@ -94,13 +94,12 @@ def main() -> None:
         results[method] = run_stream(home, method, config, last, args.run_key, args.from_block, progress=False, callback=clock)
         timings[method] = clock.rows
         print(f"{method}: done", file=sys.stderr)
-    summary = {"command": sys.argv, "config": config.to_dict(), "results": results, "timings": timings,
-               "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "threads": torch.get_num_threads(),
-               "peak_rss_mib": peak_rss_mib()}
+    process = {"command": sys.argv, "methods": list(results), "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+               "threads": torch.get_num_threads(), "peak_rss_mib": peak_rss_mib()}
     name = "bench_ccd.json" if args.run_key == "default" else f"bench_ccd-{args.run_key}.json"
-    write_summary(home.reports / "stream" / name, summary)
+    write_summary(home.reports / "stream" / name, {"config": config.to_dict(), "results": results, "timings": timings}, process)
     print(markdown(results, timings))
-    print(f"\nPeak resident memory of this process: {summary['peak_rss_mib']:,.0f} MiB")
+    print(f"\nPeak resident memory of this process: {process['peak_rss_mib']:,.0f} MiB")
 
 
 # What KD's teacher update reads (`teacher_update.update_member` without the collaborative terms,
@@ -118,6 +117,7 @@ def share_kd_teacher(home: Home, config: RunConfig, source_key: str, run_key: st
     differ = [f"{section}.{key}" for section, key in keys if mine[section][key] != theirs[section][key]]
     if differ:
         raise SystemExit(f"--kd-teacher-from {source_key}: teacher settings differ: {', '.join(differ)}")
+    pin_config(home, run_key, config)  # a key that refuses these settings gets no copied records
     members = [name for name, _ in parse_members(config.teacher.members, config.teacher.lightgcn_layers, config.teacher.base_seed)]
     names = [f"kd-{TEACHER}-{name}" for name in members] + ["kd-ensemble"]
     block = max(first, 1)
@@ -128,17 +128,24 @@ def share_kd_teacher(home: Home, config: RunConfig, source_key: str, run_key: st
         for stage, record in zip(names, records):
             stages.run_stage(home, block, stage, lambda outputs=record.outputs: outputs, run_key)
         block += 1
-    print(f"kd: teacher stages of blocks {max(first, 1)}..{block - 1} taken from run key {source_key!r}", file=sys.stderr)
+    taken = f"blocks {max(first, 1)}..{block - 1}" if block > max(first, 1) else "none"
+    print(f"kd: teacher stages taken from run key {source_key!r}: {taken}", file=sys.stderr)
 
 
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    """Write `summary`, keeping the other methods' results and timings of an earlier run under
-    the same key (methods are often benchmarked by separate processes), and a method's earlier
-    timings when this run only read its finished stages."""
-    if path.exists():
-        before = json.loads(path.read_text(encoding="utf-8"))
-        summary["results"] = {**before.get("results", {}), **summary["results"]}
-        summary["timings"] = {**before.get("timings", {}), **{m: rows for m, rows in summary["timings"].items() if rows}}
+def write_summary(path: Path, summary: dict[str, Any], process: dict[str, Any]) -> None:
+    """Write `summary`, merged into an earlier one under the same key: methods are often
+    benchmarked by separate processes, and a resumed process times only the stages it ran. So
+    results are kept per method, timings per (method, block, stage), and each process's command,
+    threads and peak memory are appended to `processes`."""
+    before = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    summary["results"] = {**before.get("results", {}), **summary["results"]}
+    timings = before.get("timings", {})
+    for method, rows in summary["timings"].items():
+        timed = {(row["block"], row["stage"]) for row in rows}
+        kept = [row for row in timings.get(method, []) if (row["block"], row["stage"]) not in timed]
+        timings[method] = sorted(kept + rows, key=lambda row: row["block"])
+    summary["timings"] = timings
+    summary["processes"] = [*before.get("processes", []), process]
     write_text(path, json.dumps(summary, indent=2, default=str) + "\n")
 
 
