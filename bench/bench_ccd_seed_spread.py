@@ -9,7 +9,9 @@ teacher lists and its own D_{k-1} (what the stream's distill stage does, `distil
 and ranks it on the test splits of blocks 0..k. H is the harmonic mean of block k's Recall@20 and
 the mean over the earlier blocks (the one-block analogue of the paper's H). Seed 0 is the
 stream's own setting; `--set` changes a setting of the distillation (e.g. how its epoch is
-selected) on top of each run's own. Nothing is written to the home but what a run under a key
+selected) on top of each run's own. `method:key@method:key` distils from the first run's D_{k-1}
+with the second run's teacher lists, which splits a gap between two runs into what their
+students carry and what their teachers list. Nothing is written to the home but what a run under a key
 writes first (its pinned settings), and the runs' keys have those already.
 """
 
@@ -40,7 +42,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", required=True)
     parser.add_argument("--block", type=int, default=5)
-    parser.add_argument("--runs", default="kd:default,ccd:teacher-replay-0", help="comma list of method:run-key")
+    parser.add_argument("--runs", default="kd:default,ccd:teacher-replay-0",
+                        help="comma list of method:run-key, each optionally @method:run-key of another run whose teacher lists to use")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -52,20 +55,27 @@ def main() -> None:
     print("| run | seed | " + " | ".join(f"R@20 test {j}" for j in range(block + 1)) + " | H | epochs | s |")
     print("|" + "---|" * (block + 6))
     for spec in args.runs.split(","):
-        method, run_key = spec.split(":")
-        run = Run(home, method, run_settings(home, run_key, {}), run_key, progress=False)
-        config = run_settings(home, run_key, RunConfig.named(None, args.overrides))
+        own, _, other = spec.partition("@")
+        run = stored_run(home, own)
+        lists = stored_run(home, other) if other else run
+        config = run_settings(home, run.run_key, RunConfig.named(None, args.overrides))
         data, previous = run.data(block), run.load(run.student_path(block - 1))
         tests = {j: run.data(j).test for j in range(block + 1)}
         for seed in (int(s) for s in args.seeds.split(",")):
             start = time.perf_counter()
             seeded = config.replace(distill=dataclasses.replace(config.distill, seed=seed))
             validator = stream_validator(seeded.continual, {j: run.data(j).valid for j in range(block)}, data)
-            result = distill_block(home.root / run.topk_dir(block), data, seeded, run.teacher_dim, previous, progress=False,
+            result = distill_block(home.root / lists.topk_dir(block), data, seeded, run.teacher_dim, previous, progress=False,
                                    validator=validator)
             recalls = score(result.student, run, block, tests)
             print(row(f"{spec} | {seed}", recalls, f"{result.train.best_epoch}/{result.train.epochs_run}",
                       time.perf_counter() - start), flush=True)
+
+
+def stored_run(home: Home, spec: str) -> Run:
+    """The run `method:run-key` as it was pinned."""
+    method, run_key = spec.split(":")
+    return Run(home, method, run_settings(home, run_key, {}), run_key, progress=False)
 
 
 if __name__ == "__main__":
