@@ -75,11 +75,12 @@ def test_a_retrain_runs_the_chosen_stages_and_every_later_one():
         retrain_groups(1, ["student-update"], "finetune", TWO)
 
 
-def test_config_parameter_keeps_only_what_differs_and_rejects_typos():
+def test_config_parameter_keeps_what_was_named_and_rejects_typos():
+    """A value named at its default stays: the flow applies it on top of the run's pinned settings."""
     parser = argparse.ArgumentParser()
     add_config_options(parser)
     args = parser.parse_args(["--set", "train.lr=0.01", "--set", 'teacher.members=["bpr:8x2"]', "--set", "train.device=auto"])
-    assert config_parameter(args) == {"train": {"lr": 0.01}, "teacher": {"members": ("bpr:8x2",)}}
+    assert config_parameter(args) == {"train": {"lr": 0.01, "device": "auto"}, "teacher": {"members": ["bpr:8x2"]}}
     with pytest.raises(BadInputError, match="unknown config key"):
         config_parameter(parser.parse_args(["--set", "train.learning_rate=0.01"]))
 
