@@ -210,6 +210,11 @@ def rank_metrics(
     return {**means, "users": int(len(users))}
 
 
+def first_counted_block(with_base_block: bool) -> int:
+    """The first block LA and RA count: the base block D0 only when `with_base_block`."""
+    return 0 if with_base_block else 1
+
+
 def continual_summary(
     matrix: Mapping[tuple[int, int], float], upto: int | None = None, with_base_block: bool = True
 ) -> dict[str, float]:
@@ -241,7 +246,7 @@ def continual_summary(
         If an entry needed is missing, or no earlier block exists for RA (e.g. T = 0).
     """
     last = max(t for t, _ in matrix) if upto is None else upto
-    first = 0 if with_base_block else 1
+    first = first_counted_block(with_base_block)
     if last <= first:
         raise ValueError(f"RA needs a block before the current one: current {last}, first counted {first}")
     needed = [(k, k) for k in range(first, last + 1)] + [(last, j) for j in range(first, last)]

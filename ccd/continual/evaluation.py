@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ccd.atomic import write_with
-from ccd.evaluate import ScoreFn, continual_summaries, rank_metrics
+from ccd.evaluate import ScoreFn, continual_summaries, first_counted_block, rank_metrics
 
 CUTOFF = 20
 METRICS = (f"recall@{CUTOFF}", f"ndcg@{CUTOFF}")
@@ -59,7 +59,7 @@ def summaries(rows: Sequence[Mapping[str, Any]], with_base_block: bool = True) -
         in block order.
     """
     matrix = {(r["trained"], r["test"]): r for r in rows}
-    first = 0 if with_base_block else 1
+    first = first_counted_block(with_base_block)
     out = []
     for block in sorted({r["trained"] for r in rows}):
         own = matrix[(block, block)]

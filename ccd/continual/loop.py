@@ -44,11 +44,12 @@ from ccd.continual.gate_baseline import as_served, rescored_metrics
 from ccd.continual.pinned_config import pin_config
 from ccd.continual.state import BASE, METHODS, Layout
 from ccd.continual.student_update import make_proxies, update_student
-from ccd.continual.teacher_update import update_member
 from ccd.continual.selection import stream_validator
+from ccd.continual.teacher_update import update_member
 from ccd.data import BlockData
 from ccd.ensemble import USER_TOPK, Ensemble, StoredTopK, read_topk, write_topk
 from ccd.errors import BadInputError, CcdError
+from ccd.evaluate import first_counted_block
 from ccd.home import Home
 from ccd.lake import catalog
 from ccd.lake.store import load_block_data
@@ -167,7 +168,7 @@ class Run:
     def validator(self, block: int) -> Validator | None:
         """How a served student's epoch is chosen at `block` (`continual.select_on`): on the same
         earlier blocks as the reported RA, so block 0 only when `with_base_block`."""
-        first = 0 if self.config.continual.with_base_block else 1
+        first = first_counted_block(self.config.continual.with_base_block)
         earlier = {j: self.data(j).valid for j in range(first, block)}
         return stream_validator(self.config.continual, earlier, self.data(block), self.config.train.eval_batch_users)
 
