@@ -261,6 +261,12 @@ class ContinualConfig:
     # Anchors per term and batch: each term holds an (anchors, candidates) softmax, so this caps
     # memory on large blocks whatever the batch size.
     lwckd_anchors: int = 256
+    # Whose current embeddings LWC-KD moves. "block": only entities with training pairs in the
+    # new block; the others get no BPR gradient, and under Adam (which normalises step sizes)
+    # the softmax denominators' ~1e-8 gradients alone would move their rows at the full learning
+    # rate, re-ranking old users' lists with no new data. "all": every candidate (our runs
+    # before this setting; the authors' Adam weight decay moves every row anyway).
+    lwckd_moves: Literal["block", "all"] = "block"
     # Personalised imitation weights (B7 fixed, `ccd.continual.lwckd.imitation_weights`): a user
     # whose new items sit far from its old taste imitates its old self less; weights
     # exp(-shift / T), shift = 1 - cosine in [0, 2], so at T = 0.5 they span a factor e^4.

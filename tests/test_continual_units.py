@@ -105,7 +105,8 @@ def _pair_batch(users, pos) -> Batch:
     return Batch(users, pos, pos.clone(), torch.Generator().manual_seed(0))
 
 
-def test_lwckd_reads_previous_embeddings_by_id_not_by_position():
+@pytest.mark.parametrize("moves", ["block", "all"])
+def test_lwckd_reads_previous_embeddings_by_id_not_by_position(moves):
     """B8: with active ids {1, 4} and {2, 5, 7}, a positional lookup would read rows 0, 1, 2."""
     torch.manual_seed(0)
     previous = BPRMF(BPRConfig(dim=3, seed=1), n_users=6, n_items=8)
@@ -115,7 +116,7 @@ def test_lwckd_reads_previous_embeddings_by_id_not_by_position():
     with torch.no_grad():
         model.user_emb.add_(torch.randn_like(model.user_emb))
         model.item_emb.add_(torch.randn_like(model.item_emb))
-    config = ContinualConfig(lwckd_weight=1.0, lwckd_tau=0.5, piw=False, graph_degree=1)
+    config = ContinualConfig(lwckd_weight=1.0, lwckd_tau=0.5, piw=False, graph_degree=1, lwckd_moves=moves)
     ext = LwcKd(model, previous, previous_train, np.array([[4, 8]]), config)
     batch = _pair_batch([1, 4, 6], [7, 5, 8])  # user 6 and item 8 are new: no anchor
     loss = ext.loss(batch)
@@ -138,10 +139,14 @@ def test_lwckd_reads_previous_embeddings_by_id_not_by_position():
         + term(prev_u, cur_u, users_c, {a: neighbours(ext.user_users, a) for a in (1, 4) if neighbours(ext.user_users, a)})
         + term(prev_i, cur_i, items_c, {a: neighbours(ext.item_items, a) for a in (7, 5) if neighbours(ext.item_items, a)})
     )
-    assert torch.allclose(loss, expected, atol=1e-5)
+    assert torch.allclose(loss, expected, atol=1e-5)  # the same loss either way; only gradients differ
     loss.backward()
-    assert model.user_emb.grad is not None and model.user_emb.grad[[1, 4]].abs().sum() > 0
-    assert model.user_emb.grad[[0, 2, 3, 5, 6]].abs().sum() == 0  # only candidates get gradients
+    grad_u, grad_i = model.user_emb.grad, model.item_emb.grad
+    assert grad_u[4].abs().sum() > 0 and grad_u[[0, 2, 3, 5, 6]].abs().sum() == 0  # only candidates get gradients
+    if moves == "all":
+        assert grad_u[1].abs().sum() > 0 and grad_i[[2, 5, 7]].abs().sum() > 0
+    else:  # only user 4 has pairs in the new block; no candidate item does
+        assert grad_u[1].abs().sum() == 0 and grad_i.abs().sum() == 0
 
 
 def test_lightgcn_lwckd_averages_two_layers():

@@ -210,7 +210,8 @@ class LwcKd:
     previous_train : np.ndarray, shape (N, 2)
         The previous block's training pairs: candidates and positives.
     train : np.ndarray, shape (M, 2)
-        The new block's training pairs (for the imitation weights).
+        The new block's training pairs: for the imitation weights, and with
+        `config.lwckd_moves = "block"` the only candidates whose rows LWC-KD moves.
     config : ContinualConfig
     """
 
@@ -231,6 +232,11 @@ class LwcKd:
         self.item_items = similarity_graph(pairs[:, ::-1].copy(), n_items, n_users, config.graph_degree)
         self.active_users = torch.as_tensor(np.diff(self.user_items[0]) > 0, device=device)  # (n_users,)
         self.active_items = torch.as_tensor(np.diff(self.item_users[0]) > 0, device=device)  # (n_items,)
+        # Candidates whose current rows LWC-KD's gradient may move (`ContinualConfig.lwckd_moves`).
+        train = np.asarray(train, dtype=np.int64).reshape(-1, 2)
+        everyone = config.lwckd_moves == "all"
+        self.users_move = _in_block(self.users, train[:, 0], everyone)  # (C_u,)
+        self.items_move = _in_block(self.items, train[:, 1], everyone)  # (C_i,)
         self.piw = imitation_weights(previous, train, config.piw_temperature).to(device) if config.piw else None
 
     def parameters(self) -> Iterator[torch.nn.Parameter]:
@@ -248,7 +254,8 @@ class LwcKd:
         total = torch.zeros((), device=self.model.device)
         current = layer_tables(self.model)
         for (prev_u, prev_i), (cur_u, cur_i) in zip(self.previous, current):
-            cand_u, cand_i = cur_u[self.users], cur_i[self.items]                  # (C_u, d), (C_i, d)
+            cand_u = _frozen_unless(cur_u[self.users], self.users_move)                # (C_u, d)
+            cand_i = _frozen_unless(cur_i[self.items], self.items_move)                # (C_i, d)
             total = total + self._term(prev_u[users], cand_i, users_np, self.user_items, self.item_column, weights)
             total = total + self._term(prev_i[items], cand_u, items_np, self.item_users, self.user_column, None)
             total = total + self._term(prev_u[users], cand_u, users_np, self.user_users, self.user_column, weights)
@@ -270,6 +277,17 @@ class LwcKd:
         device = candidates.device
         return contrastive_kd_loss(anchors_prev, candidates, torch.as_tensor(rows, device=device),
                                    torch.as_tensor(cols, device=device), self.config.lwckd_tau, weights)
+
+
+def _in_block(ids: torch.Tensor, block_ids: np.ndarray, everyone: bool) -> torch.Tensor:
+    """Boolean mask over `ids`: which occur in `block_ids` (all True when `everyone`)."""
+    inside = np.ones(len(ids), bool) if everyone else np.isin(ids.cpu().numpy(), block_ids)
+    return torch.as_tensor(inside, device=ids.device)
+
+
+def _frozen_unless(rows: torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
+    """`rows` (C, d) with the gradient stopped wherever `moves` (C,) is False; same values."""
+    return torch.where(moves[:, None], rows, rows.detach())
 
 
 def _columns(ids: torch.Tensor, n: int) -> np.ndarray:
