@@ -255,6 +255,21 @@ def test_teacher_update_collaborative_and_vae_members():
     assert len(vae_next.interactions) == len(np.unique(b1.seen_train, axis=0))  # scores from the whole history
 
 
+def test_lwckd_leaves_rows_without_new_pairs_where_they_were():
+    """Old users absent from the new block get no BPR gradient; under Adam LWC-KD's tiny
+    denominator gradients alone would still move them (`lwckd_moves = "all"`)."""
+    b0, b1 = tiny_stream(2)
+    member = trained(BPRConfig(dim=8, seed=0), b0, tiny_config())
+    idle = np.setdiff1d(np.arange(b0.n_users), b1.train[:, 0])
+    assert 10 < len(idle) < b0.n_users - 10
+    for moves, kept in (("block", True), ("all", False)):
+        config = tiny_config(teacher_replay_weight=0.0, lwckd_moves=moves)
+        updated, _ = update_member(member, b1, b0.train, config, None, progress=False)
+        assert torch.equal(updated.user_emb[idle], member.user_emb[idle]) == kept
+        back = np.setdiff1d(np.arange(b0.n_users), idle)  # old users with new pairs still learn
+        assert not torch.equal(updated.user_emb[back], member.user_emb[back])
+
+
 def test_teacher_replay_form_and_weight_zero(monkeypatch):
     b0, b1 = tiny_stream(2)
     member = trained(BPRConfig(dim=8, seed=0), b0, tiny_config())
