@@ -122,7 +122,7 @@ class DistillationExperts(nn.Module):
         once τ is small the selection is near one-hot and this costs ~1/M of running every
         expert on every entity. The pairs left out change the reconstruction by less than
         M · 1e-8 of an expert's output, below float32 resolution. The kept pairs run as one
-        batched matmul per layer (`_grouped_outputs`), not one small matmul per expert, whose
+        batched matmul per layer (`_mixture`), not one small matmul per expert, whose
         per-call overhead dominated on a CPU.
 
         Parameters
@@ -145,18 +145,24 @@ class DistillationExperts(nn.Module):
         weights = gumbel_softmax(self.select(teacher), tau, generator)  # (B, M)
         # every row keeps its largest weight (>= 1/M); pairs come grouped by expert
         experts, rows = torch.nonzero(weights.T > WEIGHT_FLOOR, as_tuple=True)  # (P,), (P,)
-        outputs = self._grouped_outputs(student, rows, experts)  # (P, d_t): E_m(h_s) of each pair
-        mixed = torch.zeros_like(teacher).index_add(0, rows, weights[rows, experts, None] * outputs)  # Σ_m s_m · E_m(h_s)
-        return (teacher - mixed).pow(2).sum(dim=1)
+        return (teacher - self._mixture(student, weights, rows, experts)).pow(2).sum(dim=1)
 
-    def _grouped_outputs(self, student: torch.Tensor, rows: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        """E_m(h_s) of every (row, m) pair, `experts` sorted: the pairs go into an (M, R_max, d_s)
-        batch, zero-padded to the largest group, so each layer is one `baddbmm`."""
+    def _mixture(self, student: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """Σ_m s_m · E_m(h_s) of each entity over the kept pairs (`experts` sorted), (B, d_t).
+
+        The pairs fill an (M, R_max) grid of slots, zero-padded to the largest group, so each
+        layer is one `baddbmm`; a padded slot has weight 0 and adds nothing.
+        """
         counts = torch.bincount(experts, minlength=self.n_experts)  # (M,)
         slot = torch.arange(len(rows), device=rows.device) - (torch.cumsum(counts, 0) - counts)[experts]  # place in its group
-        grouped = student.new_zeros(self.n_experts, int(counts.max()), self.student_dim).index_put((experts, slot), student[rows])
-        hidden = torch.relu(torch.baddbmm(self.b1[:, None], grouped, self.w1))  # (M, R_max, H)
-        return torch.baddbmm(self.b2[:, None], hidden, self.w2)[experts, slot]  # (P, d_t)
+        grid = (self.n_experts, int(counts.max()))
+        inputs = student.new_zeros(*grid, self.student_dim).index_put((experts, slot), student[rows])  # (M, R_max, d_s)
+        slot_weights = weights.new_zeros(grid).index_put((experts, slot), weights[rows, experts])  # (M, R_max)
+        slot_rows = rows.new_zeros(grid).index_put((experts, slot), rows)  # (M, R_max)
+        hidden = torch.relu(torch.baddbmm(self.b1[:, None], inputs, self.w1))  # (M, R_max, H)
+        outputs = torch.baddbmm(self.b2[:, None], hidden, self.w2) * slot_weights[..., None]  # (M, R_max, d_t)
+        mixed = weights.new_zeros(len(student), self.teacher_dim)
+        return mixed.index_add(0, slot_rows.flatten(), outputs.reshape(-1, self.teacher_dim))
 
 
 def _linear_init(shape: tuple[int, ...] | torch.Size, fan_in: int, generator: torch.Generator | None) -> torch.Tensor:
