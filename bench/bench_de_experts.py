@@ -1,13 +1,15 @@
-"""Distillation Experts' cost per step: grouped batched matmuls vs one small matmul per expert.
+"""Distillation Experts' cost per step: the dense and grouped forms vs one matmul per expert.
 
     .venv/bin/python bench/bench_de_experts.py --threads 1
 
 One forward and backward of `DistillationExperts` (users of one BPR batch: B entities, d_s -> d_t,
-M experts) at several Gumbel temperatures τ. The library runs the kept (entity, expert) pairs
-as one zero-padded batch per layer; `per_expert_loop` below is the earlier form (a Python loop
-over the experts in use), kept here as the reference it is timed against. Both give the same
-loss (checked before timing). The teacher rows are random, so the selection is as balanced as an
-untrained selection network makes it.
+M experts) at several Gumbel temperatures τ, three ways: every expert on every entity as two wide
+matmuls (`_dense_mixture`), only the kept (entity, expert) pairs as one zero-padded batch per
+layer (`_grouped_mixture`), and the earlier form, a Python loop over the experts in use
+(`per_expert_loop` below, the reference). All give the same loss (checked before timing). The
+library picks dense or grouped by the largest group's share (`GROUPED_SHARE`); this table is what
+that threshold rests on. Teacher rows are random, so the selection is as balanced as an untrained
+selection network makes it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ccd.distill.experts import WEIGHT_FLOOR, DistillationExperts, gumbel_softmax  # noqa: E402
+from ccd.distill.experts import GROUPED_SHARE, WEIGHT_FLOOR, DistillationExperts, gumbel_softmax  # noqa: E402
 
 
 def per_expert_loop(de: DistillationExperts, student: torch.Tensor, teacher: torch.Tensor, tau: float,
@@ -59,17 +61,28 @@ def main() -> None:
     student = torch.randn(args.entities, args.student_dim, generator=torch.Generator().manual_seed(1), requires_grad=True)
     teacher = torch.randn(args.entities, args.teacher_dim, generator=torch.Generator().manual_seed(2))
     print(f"B={args.entities}, d_s={args.student_dim}, d_t={args.teacher_dim}, M={args.experts}, {args.threads} thread(s)")
-    print("| τ | pairs kept | grouped (ms) | per-expert loop (ms) | speed-up |")
-    print("|---|---|---|---|---|")
+    print("| τ | pairs kept | largest group | dense (ms) | grouped (ms) | per-expert loop (ms) | library uses |")
+    print("|---|---|---|---|---|---|---|")
     for tau in map(float, args.taus.split(",")):
-        grouped = lambda: de(student, teacher, tau, torch.Generator().manual_seed(3))
-        looped = lambda: per_expert_loop(de, student, teacher, tau, torch.Generator().manual_seed(3))
-        assert torch.allclose(grouped(), looped(), rtol=1e-5, atol=1e-5)
-        weights = gumbel_softmax(de.select(teacher), tau, torch.Generator().manual_seed(3))
-        kept = float((weights > WEIGHT_FLOOR).float().mean())
-        fast = milliseconds(lambda: grouped().sum().backward(), args.repeats)
-        slow = milliseconds(lambda: looped().sum().backward(), args.repeats)
-        print(f"| {tau:g} | {kept:.1%} | {fast:.1f} | {slow:.1f} | {slow / fast:.1f}x |", flush=True)
+        weights = lambda: gumbel_softmax(de.select(teacher), tau, torch.Generator().manual_seed(3))
+
+        def grouped() -> torch.Tensor:
+            w = weights()
+            return (teacher - de._grouped_mixture(student, w, w > WEIGHT_FLOOR)).pow(2).sum(dim=1)
+
+        forms = {
+            "dense": lambda: (teacher - de._dense_mixture(student, weights())).pow(2).sum(dim=1),
+            "grouped": grouped,
+            "loop": lambda: per_expert_loop(de, student, teacher, tau, torch.Generator().manual_seed(3)),
+        }
+        reference = forms["loop"]()
+        assert all(torch.allclose(form(), reference, rtol=1e-4, atol=1e-4) for form in forms.values())
+        kept = weights() > WEIGHT_FLOOR
+        largest = float(kept.sum(dim=0).max()) / args.entities
+        times = [milliseconds(lambda form=form: form().sum().backward(), args.repeats) for form in forms.values()]
+        uses = "grouped" if largest <= GROUPED_SHARE else "dense"
+        print(f"| {tau:g} | {float(kept.float().mean()):.1%} | {largest:.0%} | " + " | ".join(f"{t:.1f}" for t in times)
+              + f" | {uses} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,9 @@ def test_gumbel_softmax_selects_by_probability():
 
 
 @pytest.mark.parametrize("tau", [0.5, 0.01])  # soft: every expert used; sharp: near one-hot, pairs skipped
-def test_distillation_experts_shapes_and_direct_formula(tau):
+@pytest.mark.parametrize("grouped_share", [0.0, 1.0])  # always the dense form; always the grouped form
+def test_distillation_experts_shapes_and_direct_formula(tau, grouped_share, monkeypatch):
+    monkeypatch.setattr("ccd.distill.experts.GROUPED_SHARE", grouped_share)
     de = DistillationExperts(3, 5, n_experts=4, generator=torch.Generator().manual_seed(0))
     assert (de.w1.shape, de.w2.shape, de.select.out_features) == ((4, 3, 4), (4, 4, 5), 4)
     student = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)

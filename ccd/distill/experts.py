@@ -24,6 +24,10 @@ from torch import nn
 
 # Selection weights at or below this are treated as zero (see `DistillationExperts.forward`).
 WEIGHT_FLOOR = 1e-8
+# The grouped form pays about 2.5x per (entity, expert) slot what the dense form does
+# (`bench/bench_de_experts.py`), so it runs only while its largest group holds at most this
+# share of the entities.
+GROUPED_SHARE = 0.4
 
 
 def temperature(epoch: int, start: float = 1.0, end: float = 1e-10, period: int = 1000) -> float:
@@ -118,12 +122,11 @@ class DistillationExperts(nn.Module):
     ) -> torch.Tensor:
         """DE loss of each entity.
 
-        Only (entity, expert) pairs with selection weight above `WEIGHT_FLOOR` are computed:
-        once τ is small the selection is near one-hot and this costs ~1/M of running every
-        expert on every entity. The pairs left out change the reconstruction by less than
-        M · 1e-8 of an expert's output, below float32 resolution. The kept pairs run as one
-        batched matmul per layer (`_mixture`), not one small matmul per expert, whose
-        per-call overhead dominated on a CPU.
+        While the selection is soft every expert runs on every entity as two wide matmuls
+        (`_dense_mixture`). Once τ is small it is near one-hot, and only (entity, expert) pairs
+        with selection weight above `WEIGHT_FLOOR` are computed (`_grouped_mixture`), ~1/M of
+        the work; the pairs left out change the reconstruction by less than M · 1e-8 of an
+        expert's output, below float32 resolution.
 
         Parameters
         ----------
@@ -143,16 +146,29 @@ class DistillationExperts(nn.Module):
         if self.n_experts == 1:
             return (teacher - self.expert(0, student)).pow(2).sum(dim=1)
         weights = gumbel_softmax(self.select(teacher), tau, generator)  # (B, M)
-        # every row keeps its largest weight (>= 1/M); pairs come grouped by expert
-        experts, rows = torch.nonzero(weights.T > WEIGHT_FLOOR, as_tuple=True)  # (P,), (P,)
-        return (teacher - self._mixture(student, weights, rows, experts)).pow(2).sum(dim=1)
+        kept = weights > WEIGHT_FLOOR  # every row keeps its largest weight (>= 1/M)
+        if kept.sum(dim=0).max() > GROUPED_SHARE * len(student):
+            mixed = self._dense_mixture(student, weights)
+        else:
+            mixed = self._grouped_mixture(student, weights, kept)
+        return (teacher - mixed).pow(2).sum(dim=1)
 
-    def _mixture(self, student: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        """Σ_m s_m · E_m(h_s) of each entity over the kept pairs (`experts` sorted), (B, d_t).
+    def _dense_mixture(self, student: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Σ_m s_m · E_m(h_s) over every expert, (B, d_t): the M hidden layers side by side,
+        each scaled by its weight, then one matmul with the stacked second layers."""
+        m, hidden = self.n_experts, self.w1.shape[2]
+        first = self.w1.permute(1, 0, 2).reshape(self.student_dim, m * hidden)  # (d_s, M*H)
+        hidden_out = torch.relu(student @ first + self.b1.reshape(1, -1))  # (B, M*H)
+        scaled = (hidden_out.view(-1, m, hidden) * weights[:, :, None]).reshape(-1, m * hidden)
+        return scaled @ self.w2.reshape(m * hidden, self.teacher_dim) + weights @ self.b2
+
+    def _grouped_mixture(self, student: torch.Tensor, weights: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """Σ_m s_m · E_m(h_s) over the kept pairs only, (B, d_t).
 
         The pairs fill an (M, R_max) grid of slots, zero-padded to the largest group, so each
         layer is one `baddbmm`; a padded slot has weight 0 and adds nothing.
         """
+        experts, rows = torch.nonzero(kept.T, as_tuple=True)  # (P,), (P,): grouped by expert
         counts = torch.bincount(experts, minlength=self.n_experts)  # (M,)
         slot = torch.arange(len(rows), device=rows.device) - (torch.cumsum(counts, 0) - counts)[experts]  # place in its group
         grid = (self.n_experts, int(counts.max()))
