@@ -41,7 +41,7 @@ from ccd.evaluate import loo_metrics
 from ccd.home import Home
 from ccd.models import Batch, BPRConfig, BPRMF
 from ccd.models import io as model_io
-from ccd.train import NegativeSampler
+from ccd.train import NegativeSampler, flush_subnormals
 
 KS = (5, 10, 20)
 METRICS = [f"{m}@{k}" for k in KS for m in ("hit", "ndcg")]
@@ -68,6 +68,7 @@ def fit(model: BPRMF, data, extension: Distiller | None, args: argparse.Namespac
     is saved to `checkpoint` after every epoch and a later call with the same settings goes on
     from there, drawing exactly what an uninterrupted run would.
     """
+    flush_subnormals()
     params = [*model.parameters(), *(extension.parameters() if extension else [])]
     # fused: the same update, ~10x faster on CPU than the for-each Adam on millions of params.
     optimizer = torch.optim.Adam(params, lr=1e-3, weight_decay=1e-3, fused=True)
