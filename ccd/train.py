@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -102,14 +103,21 @@ class NegativeSampler:
         return j + below
 
 
-def flush_subnormals() -> None:
-    """Treat floats below 1.2e-38 as zero, process-wide (CPU kernels; GPUs are unaffected).
+@contextmanager
+def subnormals_flushed() -> Iterator[None]:
+    """Within the block, floats below 1.2e-38 count as zero in CPU kernels (GPUs are unaffected).
 
     Weights that stop getting gradient (DE experts no entity selects any more) and Adam's
     decaying moments drift into the subnormal range, where CPU matmuls run ~8x slower (a
-    CiteULike DE-RRD epoch went from ~25 s to 160 s); values that small are noise.
+    CiteULike DE-RRD epoch went from ~20 s to 160 s); values that small are noise to training.
+    The switch is CPU state of the calling thread, so IEEE behaviour is restored on exit: data
+    handling (validation, exact storage) must see every float as it is.
     """
     torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 @dataclass
@@ -177,7 +185,6 @@ def train(
         Empty train split, a model that does not match the block, or a non-finite loss.
     """
     _check(model, data, config)
-    flush_subnormals()
     device = pick_device(config.device)
     model.to(device)
     model.set_interactions(data.train)
@@ -199,15 +206,16 @@ def train(
         total, steps = torch.zeros((), device=device), 0
         if extension is not None:
             extension.start_epoch(epoch)
-        for batch in _batches(model, train_pairs, sampler, config, generator):
-            loss = model.training_loss(batch, config.weight_decay)
-            if extension is not None:
-                loss = loss + extension.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
-            steps += 1
+        with subnormals_flushed():
+            for batch in _batches(model, train_pairs, sampler, config, generator):
+                loss = model.training_loss(batch, config.weight_decay)
+                if extension is not None:
+                    loss = loss + extension.loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach()
+                steps += 1
         mean_loss = float(total) / steps  # the epoch's only device sync
         if not math.isfinite(mean_loss):
             raise TrainingError(f"{model.kind} loss became {mean_loss} at epoch {epoch}: lower train.lr or check the data")

@@ -107,15 +107,30 @@ def test_early_stopping_respects_patience_and_min_epochs():
     assert result.epochs_run == late.min_epochs  # patience ran out earlier, but not before min_epochs
 
 
-def test_training_flushes_subnormal_floats():
-    """Subnormals (unused DE experts, Adam's decaying moments) made CPU matmuls ~8x slower."""
+def test_training_steps_flush_subnormal_floats_and_restore_ieee_after():
+    """Subnormals (unused DE experts, Adam's decaying moments) made CPU matmuls ~8x slower, but
+    outside the training steps (validation, ingest) floats must stay IEEE."""
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush subnormals")
     subnormal = torch.tensor([1e-40])
-    assert (subnormal * 1.0).item() != 0.0
+    seen: list[float] = []
+
+    class Probe:  # a training extension that only looks at the CPU's float mode
+        def parameters(self):
+            return iter(())
+
+        def start_epoch(self, epoch):
+            pass
+
+        def loss(self, batch):
+            seen.append((subnormal * 1.0).item())
+            return torch.zeros(())
+
     data = planted_block()
-    train(build_model(BPRConfig(dim=8), data.n_users, data.n_items), data, dataclasses.replace(FAST, max_epochs=1), progress=False)
-    assert (subnormal * 1.0).item() == 0.0
+    train(build_model(BPRConfig(dim=8), data.n_users, data.n_items), data, dataclasses.replace(FAST, max_epochs=1),
+          progress=False, extension=Probe())
+    assert seen and set(seen) == {0.0}
+    assert (subnormal * 1.0).item() != 0.0
 
 
 def test_eval_every_and_no_validation_data():
