@@ -69,6 +69,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {', '.join(sorted(unknown))}; known: {', '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
     home = Home.resolve(args.home)
     config = RunConfig.load(None, DEFAULTS + ["continual.teacher_replay_weight=0"] + args.overrides)
@@ -95,7 +98,7 @@ def main() -> None:
         validator = stream_validator(dataclasses.replace(config.continual, select_on="stream"), {0: data0.valid}, data1)
         student = distill_block(topk_dir, data1, config, teacher_dim=start.dim, progress=False, validator=validator)
         epochs = f"{result.best_epoch}/{result.epochs_run} / {student.train.best_epoch}/{student.train.epochs_run}"
-        cells = [*harmonic(recalls(member, data0, data1)), idle_change(start, member, data0, data1),
+        cells = [*harmonic(recalls(member, data0, data1)), idle_change(start, member, idle),
                  *harmonic(recalls(student.student, data0, data1))]
         print(f"| {name} | " + " | ".join(f"{x:.4f}" for x in cells) + f" | {epochs} | {time.perf_counter() - clock:.0f} |", flush=True)
 
@@ -124,9 +127,9 @@ def idle_users(data0: BlockData, data1: BlockData) -> np.ndarray:
     return np.setdiff1d(np.unique(data0.train[:, 0]), data1.train[:, 0])
 
 
-def idle_change(before: Recommender, after: Recommender, data0: BlockData, data1: BlockData) -> float:
-    """Mean L2 distance between the old and new rows of the idle users."""
-    rows = torch.as_tensor(idle_users(data0, data1))
+def idle_change(before: Recommender, after: Recommender, idle: np.ndarray) -> float:
+    """Mean L2 distance between the old and new rows of the `idle` users."""
+    rows = torch.as_tensor(idle)
     with torch.no_grad():
         return float((after.user_emb[rows] - before.user_emb[rows]).norm(dim=1).mean())
 

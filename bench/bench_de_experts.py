@@ -10,6 +10,10 @@ layer (`_grouped_mixture`), and the earlier form, a Python loop over the experts
 library picks dense or grouped by the largest group's share (`GROUPED_SHARE`); this table is what
 that threshold rests on. Teacher rows are random, so the selection is as balanced as an untrained
 selection network makes it.
+
+A second table times the library's DE step with a share of the expert weights set subnormal
+(`--subnormal-share`, as unused experts' weights become in long runs) with and without
+`ccd.train.subnormals_flushed`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ccd.distill.experts import GROUPED_SHARE, WEIGHT_FLOOR, DistillationExperts, gumbel_softmax  # noqa: E402
+from ccd.train import subnormals_flushed  # noqa: E402
 
 
 def per_expert_loop(de: DistillationExperts, student: torch.Tensor, teacher: torch.Tensor, tau: float,
@@ -55,6 +60,7 @@ def main() -> None:
     parser.add_argument("--taus", default="1,0.3,0.1,0.01,0.001")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--subnormal-share", type=float, default=0.02, help="share of expert weights set to 1e-40")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     de = DistillationExperts(args.student_dim, args.teacher_dim, args.experts, torch.Generator().manual_seed(0))
@@ -83,6 +89,22 @@ def main() -> None:
         uses = "grouped" if largest <= GROUPED_SHARE else "dense"
         print(f"| {tau:g} | {float(kept.float().mean()):.1%} | {largest:.0%} | " + " | ".join(f"{t:.1f}" for t in times)
               + f" | {uses} |", flush=True)
+    subnormal_table(de, student, teacher, args)
+
+
+def subnormal_table(de: DistillationExperts, student: torch.Tensor, teacher: torch.Tensor, args: argparse.Namespace) -> None:
+    """The DE step at τ = 1 (dense form) with a share of the expert weights subnormal."""
+    step = lambda: de(student, teacher, 1.0, torch.Generator().manual_seed(3)).sum().backward()
+    clean = milliseconds(step, args.repeats)
+    with torch.no_grad():
+        for weight in (de.w1, de.w2):
+            hit = torch.rand(weight.shape, generator=torch.Generator().manual_seed(4)) < args.subnormal_share
+            weight[hit] = 1e-40
+    subnormal = milliseconds(step, args.repeats)
+    with subnormals_flushed():
+        flushed = milliseconds(step, args.repeats)
+    print(f"\n| expert weights | DE step at τ = 1 (ms) |\n|---|---|\n| normal | {clean:.1f} |")
+    print(f"| {args.subnormal_share:.0%} subnormal | {subnormal:.1f} |\n| {args.subnormal_share:.0%} subnormal, flushed | {flushed:.1f} |")
 
 
 if __name__ == "__main__":

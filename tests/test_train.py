@@ -120,7 +120,7 @@ def test_training_steps_flush_subnormal_floats_and_restore_ieee_after():
             return iter(())
 
         def start_epoch(self, epoch):
-            pass
+            """Nothing to redraw."""
 
         def loss(self, batch):
             seen.append((subnormal * 1.0).item())

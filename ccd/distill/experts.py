@@ -24,7 +24,7 @@ from torch import nn
 
 # Selection weights at or below this are treated as zero (see `DistillationExperts.forward`).
 WEIGHT_FLOOR = 1e-8
-# The grouped form pays about 2.5x per (entity, expert) slot what the dense form does
+# The grouped form pays about 1.4-2x per (entity, expert) slot what the dense form does
 # (`bench/bench_de_experts.py`), so it runs only while its largest group holds at most this
 # share of the entities.
 GROUPED_SHARE = 0.4
