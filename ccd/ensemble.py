@@ -55,10 +55,19 @@ def rank_transform(scores: torch.Tensor, exponent: float = RANK_EXPONENT) -> tor
     -------
     torch.Tensor, shape (B, N), float32
     """
-    order = torch.argsort(scores, dim=1, descending=True)  # (B, N): item at each rank
+    order = _descending_order(scores)  # (B, N): item at each rank
     positions = torch.arange(1, scores.shape[1] + 1, device=scores.device, dtype=torch.float32)
     transformed = positions.pow(-exponent).expand_as(order)  # (B, N): value of each rank
     return torch.empty(scores.shape, device=scores.device).scatter_(1, order, transformed)
+
+
+def _descending_order(scores: torch.Tensor) -> torch.Tensor:
+    """Each row's items from best to worst score. On CPU numpy's argsort is about 2.5x faster
+    than torch's (1.0 s vs 2.6 s for 1024 x 41k floats, one thread), and this sort is most of
+    the ensemble's cost; equal scores may come out in another order than torch's."""
+    if scores.device.type == "cpu":
+        return torch.from_numpy(np.argsort(-scores.detach().float().numpy(), axis=1))
+    return torch.argsort(scores, dim=1, descending=True)
 
 
 class Ensemble:

@@ -31,6 +31,13 @@ def test_rank_transform_hand_case():
     assert row[0] == 1.0 and row[1] == pytest.approx(0.966, abs=1e-3) and row[99] == pytest.approx(0.794, abs=1e-3)
 
 
+def test_rank_transform_matches_a_full_descending_sort():
+    """The CPU path sorts with numpy; each score must get the value of its 0-based rank r."""
+    scores = torch.randperm(5000, generator=torch.Generator().manual_seed(0)).float().reshape(4, 1250)
+    ranks = (scores[:, None, :] > scores[:, :, None]).sum(2)   # items scored higher = rank
+    assert torch.equal(rank_transform(scores), (ranks + 1).float() ** -0.05)
+
+
 def test_ensemble_is_mean_of_rank_transforms_and_ignores_scale():
     rng = np.random.default_rng(0)
     a = torch.as_tensor(rng.standard_normal((6, 9)), dtype=torch.float32)
