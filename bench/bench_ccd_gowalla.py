@@ -177,7 +177,8 @@ class StageClock:
 def markdown(results: dict[str, dict[str, Any]], timings: dict[str, list[dict[str, Any]]]) -> str:
     lines = []
     blocks = max(len(r["blocks"]) for r in results.values())
-    head = "| method | " + " | ".join(f"H D{k}" for k in range(1, blocks)) + " | LA R@20 | RA R@20 | H R@20 | H N@20 |"
+    columns = ["method"] + [f"H D{k}" for k in range(1, blocks)] + ["LA R@20", "RA R@20", "H R@20", "H N@20"]
+    head = "| " + " | ".join(columns) + " |"
     lines += ["Student (served model) H-mean of LA and RA after each block, Recall@20:", "", head,
               "|" + "---|" * (blocks + 4)]
     for side in ("student", "teacher"):
@@ -187,11 +188,9 @@ def markdown(results: dict[str, dict[str, Any]], timings: dict[str, list[dict[st
                 continue
             rows = part["blocks"]
             hs = [f"{r['summary']['recall@20']['H']:.4f}" for r in rows[1:]]
-            final = rows[-1]["summary"]
             name = method if side == "student" else f"{method} (teacher)"
-            lines.append(f"| {name} | " + " | ".join(hs) + f" | {final['recall@20']['LA']:.4f} | {final['recall@20']['RA']:.4f} | "
-                         f"{final['recall@20']['H']:.4f} | {final['ndcg@20']['H']:.4f} |")
-    if "ccd" in results and results["ccd"].get("teacher"):
+            lines.append(f"| {name} | " + " | ".join(hs + _final_cells(rows[-1]["summary"])) + " |")
+    if "ccd" in results and results["ccd"].get("teacher") and len(results["ccd"]["blocks"]) > 1:
         ccd = results["ccd"]
         s, t = ccd["student"], ccd["teacher"]
         share = s["blocks"][-1]["summary"]["recall@20"]["H"] / t["blocks"][-1]["summary"]["recall@20"]["H"]
@@ -212,6 +211,14 @@ def markdown(results: dict[str, dict[str, Any]], timings: dict[str, list[dict[st
         total = lambda b, key: sum(r[key] for r in rows if r["block"] == b)
         lines.append("| **all stages** | " + " | ".join(f"**{total(b, 'wall_s'):.1f} / {total(b, 'cpu_s'):.1f}**" for b in done_blocks) + " |")
     return "\n".join(lines)
+
+
+def _final_cells(final: dict[str, Any] | None) -> list[str]:
+    """LA, RA, H of Recall@20 and H of NDCG@20 after the last block; dashes after block 0 alone,
+    which has no earlier block for RA."""
+    if final is None:
+        return ["-"] * 4
+    return [f"{final['recall@20'][key]:.4f}" for key in ("LA", "RA", "H")] + [f"{final['ndcg@20']['H']:.4f}"]
 
 
 if __name__ == "__main__":
