@@ -208,3 +208,18 @@ def test_selection_counts_block_zero_only_where_ra_does(ccd_home, tmp_path):
     assert set(with_base.validator(3).earlier_valid) == {0, 1, 2}
     assert set(without.validator(3).earlier_valid) == {1, 2}
     assert without.validator(1) is None  # nothing earlier that RA counts: the block's own rule
+
+
+def test_ccd_can_distill_from_its_updated_student(ccd_home, tmp_path):
+    """`continual.kd_init=updated`: D_k starts from CCD's CL_k, so with a learning rate of ~0
+    the served student is the updated one; the other starts stay as they were."""
+    home = copy_home(ccd_home, tmp_path)
+    config = RunConfig.load(None, [*TINY, "continual.kd_init=updated", "train.lr=1e-12", "train.max_epochs=1"])
+    run_stream(home, "ccd", config, last_block=1, run_key="from-cl", from_block=1, progress=False)
+    run = Run(home, "ccd", config, run_key="from-cl", progress=False)
+    served = run.load(run.student_path(1))
+    updated = run.load(run.outputs(run.layout, 1, "student-update")["updated_student"])
+    assert torch.allclose(served.user_emb, updated.user_emb, atol=1e-6)
+    assert torch.allclose(served.item_emb, updated.item_emb, atol=1e-6)
+    previous = run.load(run.student_path(0))
+    assert not torch.allclose(served.user_emb[: previous.n_users], previous.user_emb, atol=1e-3)

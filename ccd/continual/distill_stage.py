@@ -11,7 +11,9 @@ The authors start it from random tables; then its knowledge of users absent from
 from the teacher's lists alone, in the few steps a small block gives. By default
 (`continual.kd_init = "previous"`) it starts instead from the previous distilled student D_{k-1},
 grown for the new ids: still a new model distilled from the updated teacher (CL_k is not
-involved), but one that begins knowing the old users. Block 0's D_0 always starts fresh.
+involved), but one that begins knowing the old users. With `kd_init = "updated"` the loop passes
+CCD's updated student CL_k instead, so stage 1's work reaches the served student directly.
+Block 0's D_0 always starts fresh.
 """
 
 from __future__ import annotations
@@ -63,8 +65,9 @@ def distill_block(
     teacher_dim : int
         The members' largest dimension (the student's default size is a tenth of it).
     previous : Recommender, optional
-        D_{k-1}: with `continual.kd_init == "previous"` the student starts from a grown copy of
-        it (not modified), else from random tables.
+        The student to start from, D_{k-1} (or CL_k, `kd_init == "updated"`): unless
+        `continual.kd_init == "fresh"` the student starts from a grown copy of it (not
+        modified), else from random tables.
     validator : callable, optional
         Selection other than block k's valid split (`ccd.continual.selection`).
     """
@@ -72,7 +75,7 @@ def distill_block(
     items, _ = read_topk(Path(topk_dir) / ITEM_TOPK)
     signal = TeacherSignal.from_lists(users, items, data, teacher_dim, device=pick_device(config.train.device))
     student = None
-    if previous is not None and config.continual.kd_init == "previous":
+    if previous is not None and config.continual.kd_init != "fresh":
         student = grown(previous.to(pick_device(config.train.device)), data, config)
     return distill(signal, data, distill_config(config), student=student, callback=callback, progress=progress,
                    validator=validator)

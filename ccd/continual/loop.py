@@ -338,12 +338,19 @@ def distill_stage(run: Run, block: int) -> None:
 
 
 def _distilled(run: Run, layout: Layout, block: int) -> dict[str, Any]:
-    """D_k: a student distilled from the ensemble's lists of block k (from D_{k-1} or fresh)."""
-    previous = run.load(run.student_path(block - 1)) if block > 0 else None
+    """D_k: a student distilled from the ensemble's lists of block k (from D_{k-1}, CL_k or fresh)."""
+    previous = run.load(_distill_start(run, layout, block)) if block > 0 else None
     result = distill_block(run.home.root / run.topk_dir(block), run.data(block), run.config, run.teacher_dim, previous,
                            run.progress, validator=run.validator(block))
     path = run.save(result.student, layout, block, STUDENT, result.train)
     return {"path": path, "params": result.student.parameter_count(), "train": _brief(result.train)}
+
+
+def _distill_start(run: Run, layout: Layout, block: int) -> str:
+    """Path of the student D_k starts from: CCD's CL_k with `kd_init = "updated"`, else D_{k-1}."""
+    if run.config.continual.kd_init == "updated" and run.method == "ccd":
+        return run.outputs(layout, block, "student-update")["updated_student"]
+    return run.student_path(block - 1)
 
 
 # --- baselines
