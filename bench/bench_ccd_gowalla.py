@@ -187,10 +187,10 @@ def markdown(results: dict[str, dict[str, Any]], timings: dict[str, list[dict[st
             if not part:
                 continue
             rows = part["blocks"]
-            hs = [f"{r['summary']['recall@20']['H']:.4f}" for r in rows[1:]]
+            hs = [f"{r['summary']['recall@20']['H']:.4f}" if r["summary"] else "-" for r in rows[1:]]
             name = method if side == "student" else f"{method} (teacher)"
             lines.append(f"| {name} | " + " | ".join(hs + _final_cells(rows[-1]["summary"])) + " |")
-    if "ccd" in results and results["ccd"].get("teacher") and len(results["ccd"]["blocks"]) > 1:
+    if "ccd" in results and results["ccd"].get("teacher") and results["ccd"]["student"]["blocks"][-1]["summary"]:
         ccd = results["ccd"]
         s, t = ccd["student"], ccd["teacher"]
         share = s["blocks"][-1]["summary"]["recall@20"]["H"] / t["blocks"][-1]["summary"]["recall@20"]["H"]
@@ -214,8 +214,8 @@ def markdown(results: dict[str, dict[str, Any]], timings: dict[str, list[dict[st
 
 
 def _final_cells(final: dict[str, Any] | None) -> list[str]:
-    """LA, RA, H of Recall@20 and H of NDCG@20 after the last block; dashes after block 0 alone,
-    which has no earlier block for RA."""
+    """LA, RA, H of Recall@20 and H of NDCG@20 after the last block; dashes before RA exists
+    (block 0, or block 1 when block 0 does not count)."""
     if final is None:
         return ["-"] * 4
     return [f"{final['recall@20'][key]:.4f}" for key in ("LA", "RA", "H")] + [f"{final['ndcg@20']['H']:.4f}"]

@@ -5,8 +5,8 @@
 
 Reads a home where `bench_ccd_gowalla.py` ran the given methods (under the given run keys)
 through `--block`; for each run and seed it distils block k's student again from that run's
-teacher lists and its own D_{k-1} (what the stream's distill stage does, `distill.seed` changed),
-and ranks it on the test splits of blocks 0..k. H is the harmonic mean of block k's Recall@20 and
+teacher lists and its own start, D_{k-1} or CL_k (what the stream's distill stage does,
+`distill.seed` changed), and ranks it on the test splits of blocks 0..k. H is the harmonic mean of block k's Recall@20 and
 the mean over the earlier blocks (the one-block analogue of the paper's H). Seed 0 is the
 stream's own setting; `--set` changes a setting of the distillation (e.g. how its epoch is
 selected) on top of each run's own. `method:key@method:key` distils from the first run's D_{k-1}
@@ -59,7 +59,7 @@ def main() -> None:
         run = stored_run(home, own)
         lists = stored_run(home, other) if other else run
         config = run_settings(home, run.run_key, RunConfig.named(None, args.overrides))
-        data, previous = run.data(block), run.load(run.student_path(block - 1))
+        data, previous = run.data(block), run.load(run.distill_start(block))
         tests = {j: run.data(j).test for j in range(block + 1)}
         for seed in (int(s) for s in args.seeds.split(",")):
             start = time.perf_counter()

@@ -285,7 +285,7 @@ class ContinualConfig:
     # or from random tables as the authors' KD ("fresh"). A fresh student learns old users only
     # through the teacher's lists and a small block's few steps: on the sample, block 5, Recall@20
     # on block 0's test 0.13 fresh vs 0.28 from D_4 (teacher 0.32), no worse on the new block.
-    # "updated": CCD's starts from its updated student CL_k (stage 1's model, already on block
+    # "updated": CCD's D_k starts from its updated student CL_k (stage 1's model, already on block
     # k's ids), so what the student update learned reaches the served student directly; methods
     # without a CL_k (KD) start from D_{k-1}.
     kd_init: Literal["previous", "fresh", "updated"] = "previous"

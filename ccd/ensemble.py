@@ -62,11 +62,14 @@ def rank_transform(scores: torch.Tensor, exponent: float = RANK_EXPONENT) -> tor
 
 
 def _descending_order(scores: torch.Tensor) -> torch.Tensor:
-    """Each row's items from best to worst score. On CPU numpy's argsort is about 2.5x faster
-    than torch's (1.0 s vs 2.6 s for 1024 x 41k floats, one thread), and this sort is most of
-    the ensemble's cost; equal scores may come out in another order than torch's."""
+    """Each row's items from best to worst score, NaN last (a diverged member's NaN scores rank
+    below everything, on every device). On CPU numpy's argsort is about 2.5x faster than
+    torch's, and this sort is most of the ensemble's cost (docs/benchmarks.md). Neither sort is
+    stable: equal scores come out in an order that may depend on the device and the CPU."""
+    scores = scores.detach().nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
     if scores.device.type == "cpu":
-        return torch.from_numpy(np.argsort(-scores.detach().float().numpy(), axis=1))
+        wide = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+        return torch.from_numpy(np.argsort(-wide.numpy(), axis=1))
     return torch.argsort(scores, dim=1, descending=True)
 
 

@@ -223,3 +223,13 @@ def test_ccd_can_distill_from_its_updated_student(ccd_home, tmp_path):
     assert torch.allclose(served.item_emb, updated.item_emb, atol=1e-6)
     previous = run.load(run.student_path(0))
     assert not torch.allclose(served.user_emb[: previous.n_users], previous.user_emb, atol=1e-3)
+
+
+@pytest.mark.parametrize("kd_init", ["previous", "updated"])
+def test_distill_start_is_cl_k_only_for_ccd_when_asked(ccd_home, tmp_path, kd_init):
+    home = copy_home(ccd_home, tmp_path)  # Run pins its settings under the key
+    config = RunConfig.load(None, [*TINY, f"continual.kd_init={kd_init}"])
+    ccd, kd = (Run(home, method, config, run_key=f"start-{kd_init}", progress=False) for method in ("ccd", "kd"))
+    updated = ccd.outputs(ccd.layout, 2, "student-update")["updated_student"]
+    assert ccd.distill_start(2) == (updated if kd_init == "updated" else ccd.student_path(1))
+    assert kd.distill_start(1) == kd.student_path(0)  # KD has no CL_k

@@ -293,11 +293,11 @@ def test_distill_block_starts_from_the_previous_student_or_fresh(tmp_path):
     frozen = config.replace(train=dataclasses.replace(config.train, lr=1e-12, max_epochs=1),
                             distill=dataclasses.replace(config.distill, student_dim=4, n_interesting=10, n_interesting_users=10,
                                                         n_uninteresting=5, n_uninteresting_users=5))
-    warm = distill_block(tmp_path, b1, frozen, teacher_dim=8, previous=previous, progress=False).student
+    warm = distill_block(tmp_path, b1, frozen, teacher_dim=8, start=previous, progress=False).student
     assert (warm.n_users, warm.n_items) == (b1.n_users, b1.n_items)
     assert torch.allclose(warm.user_emb[: b0.n_users], previous.user_emb, atol=1e-6)  # starts from D_{k-1}
     fresh_config = frozen.replace(continual=dataclasses.replace(frozen.continual, kd_init="fresh"))
-    fresh = distill_block(tmp_path, b1, fresh_config, teacher_dim=8, previous=previous, progress=False).student
+    fresh = distill_block(tmp_path, b1, fresh_config, teacher_dim=8, start=previous, progress=False).student
     assert not torch.allclose(fresh.user_emb[: b0.n_users], previous.user_emb, atol=1e-3)
 
 

@@ -38,6 +38,20 @@ def test_rank_transform_matches_a_full_descending_sort():
     assert torch.equal(rank_transform(scores), (ranks + 1).float() ** -0.05)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_rank_transform_orders_infinities_and_puts_nan_last(dtype):
+    scores = torch.tensor([[float("nan"), float("inf"), 1.0, -3.0, 0.5], [0.0, float("-inf"), float("inf"), -1.0, 2.0]], dtype=dtype)
+    ranks = torch.tensor([[4, 0, 1, 3, 2], [2, 4, 0, 3, 1]])
+    assert torch.equal(rank_transform(scores), (ranks + 1).float() ** -0.05)
+
+
+def test_rank_transform_keeps_float64_precision_and_takes_any_layout():
+    close = torch.tensor([[1.0, 1.0 + 1e-12, 0.5]], dtype=torch.float64)   # equal in float32
+    assert torch.equal(rank_transform(close), torch.tensor([[2.0, 1.0, 3.0]]) ** -0.05)
+    table = torch.randn(30, 4, requires_grad=True)
+    assert torch.equal(rank_transform(table.T), rank_transform(table.detach().T.contiguous()))
+
+
 def test_ensemble_is_mean_of_rank_transforms_and_ignores_scale():
     rng = np.random.default_rng(0)
     a = torch.as_tensor(rng.standard_normal((6, 9)), dtype=torch.float32)

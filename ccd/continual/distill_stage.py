@@ -1,6 +1,6 @@
 """Stage 4 of a CCD block: distill the student served after block k from the teacher (spec 2.2).
 
-    result = distill_block(topk_dir, data, config, teacher_dim, previous=d_prev)   # result.student is D_k
+    result = distill_block(topk_dir, data, config, teacher_dim, start=d_prev)   # result.student is D_k
 
 A student is trained on block k with BPR plus RRD (each user's top teacher items against sampled
 uninteresting ones) and IR-RRD (each item's top teacher users), read from the ensemble's top-K
@@ -47,7 +47,7 @@ def distill_block(
     data: BlockData,
     config: RunConfig,
     teacher_dim: int,
-    previous: Recommender | None = None,
+    start: Recommender | None = None,
     progress: bool = True,
     callback: Callback | None = None,
     validator: Validator | None = None,
@@ -64,7 +64,7 @@ def distill_block(
         `distill` (student kind and size, sampled set sizes, seed), `continual` (λ's), `train`.
     teacher_dim : int
         The members' largest dimension (the student's default size is a tenth of it).
-    previous : Recommender, optional
+    start : Recommender, optional
         The student to start from, D_{k-1} (or CL_k, `kd_init == "updated"`): unless
         `continual.kd_init == "fresh"` the student starts from a grown copy of it (not
         modified), else from random tables.
@@ -75,7 +75,7 @@ def distill_block(
     items, _ = read_topk(Path(topk_dir) / ITEM_TOPK)
     signal = TeacherSignal.from_lists(users, items, data, teacher_dim, device=pick_device(config.train.device))
     student = None
-    if previous is not None and config.continual.kd_init != "fresh":
-        student = grown(previous.to(pick_device(config.train.device)), data, config)
+    if start is not None and config.continual.kd_init != "fresh":
+        student = grown(start.to(pick_device(config.train.device)), data, config)
     return distill(signal, data, distill_config(config), student=student, callback=callback, progress=progress,
                    validator=validator)

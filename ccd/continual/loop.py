@@ -157,6 +157,13 @@ class Run:
     def topk_dir(self, block: int) -> str:
         return self.outputs(self.base if block == 0 else self.layout, block, "ensemble")["topk_dir"]
 
+    def distill_start(self, block: int) -> str:
+        """The student D_k (k >= 1) starts from: CCD's updated student CL_k with
+        `continual.kd_init = "updated"`, else D_{k-1} (which "fresh" leaves unused)."""
+        if self.config.continual.kd_init == "updated" and self.method == "ccd":
+            return self.outputs(self.layout, block, "student-update")["updated_student"]
+        return self.student_path(block - 1)
+
     def protected(self, block: int, data: BlockData) -> np.ndarray:
         """Old users' top items in the teacher lists of `block - 1`, never BPR negatives."""
         ids, _ = read_topk(self.home.root / self.topk_dir(block - 1) / USER_TOPK)
@@ -339,18 +346,11 @@ def distill_stage(run: Run, block: int) -> None:
 
 def _distilled(run: Run, layout: Layout, block: int) -> dict[str, Any]:
     """D_k: a student distilled from the ensemble's lists of block k (from D_{k-1}, CL_k or fresh)."""
-    previous = run.load(_distill_start(run, layout, block)) if block > 0 else None
-    result = distill_block(run.home.root / run.topk_dir(block), run.data(block), run.config, run.teacher_dim, previous,
+    start = run.load(run.distill_start(block)) if block > 0 else None
+    result = distill_block(run.home.root / run.topk_dir(block), run.data(block), run.config, run.teacher_dim, start,
                            run.progress, validator=run.validator(block))
     path = run.save(result.student, layout, block, STUDENT, result.train)
     return {"path": path, "params": result.student.parameter_count(), "train": _brief(result.train)}
-
-
-def _distill_start(run: Run, layout: Layout, block: int) -> str:
-    """Path of the student D_k starts from: CCD's CL_k with `kd_init = "updated"`, else D_{k-1}."""
-    if run.config.continual.kd_init == "updated" and run.method == "ccd":
-        return run.outputs(layout, block, "student-update")["updated_student"]
-    return run.student_path(block - 1)
 
 
 # --- baselines
@@ -408,7 +408,7 @@ def register_stage(run: Run, block: int) -> dict[str, Any]:
         "run_key": run.run_key,
         "teacher_members": members,
         "teacher_topk": run.topk_dir(block),
-        "previous_student": run.student_path(block - 1) if block else None,
+        "start_student": run.distill_start(block) if block else None,
     }
     path = run.student_path(block)
     version = register(run.home, STUDENT, path, block, run.method, metrics, evaluations[-1]["student_params"], lineage, run.config)
