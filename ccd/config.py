@@ -281,14 +281,14 @@ class ContinualConfig:
     kd_batch_size: int = 1024
     kd_lambda_rrd: float = 0.1
     kd_lambda_ir: float = 0.1
-    # The student distilled at block k >= 1 starts from D_{k-1} grown to the block ("previous")
-    # or from random tables as the authors' KD ("fresh"). A fresh student learns old users only
-    # through the teacher's lists and a small block's few steps: on the sample, block 5, Recall@20
-    # on block 0's test 0.13 fresh vs 0.28 from D_4 (teacher 0.32), no worse on the new block.
-    # "updated": CCD's D_k starts from its updated student CL_k (stage 1's model, already on block
-    # k's ids), so what the student update learned reaches the served student directly; methods
-    # without a CL_k (KD) start from D_{k-1}.
-    kd_init: Literal["previous", "fresh", "updated"] = "previous"
+    # Where the student distilled at block k >= 1 starts. "updated": CCD's D_k starts from its
+    # updated student CL_k (stage 1's model, already on block k's ids), so what the student
+    # update learned reaches the served student directly; methods without a CL_k (KD) start from
+    # D_{k-1}. Gowalla D5 H 0.1121 against 0.1102 from D_{k-1} (KD 0.1105; docs/benchmarks.md).
+    # "previous": D_{k-1} grown to the block. "fresh": random tables, as the authors' KD; a
+    # fresh student learns old users only through the teacher's lists and a small block's few
+    # steps: on the sample, block 5, Recall@20 on block 0's test 0.13 fresh vs 0.28 from D_4.
+    kd_init: Literal["previous", "fresh", "updated"] = "updated"
     # Which epoch of a served student (CCD's CL_k and D_k, every baseline student) is kept:
     # "stream", the best H of block k's valid Recall@20 and the earlier blocks' mean valid
     # Recall@20 (`ccd.continual.selection`); "block", the best on block k's alone (the authors').

@@ -63,7 +63,7 @@ def rank_transform(scores: torch.Tensor, exponent: float = RANK_EXPONENT) -> tor
 
 def _descending_order(scores: torch.Tensor) -> torch.Tensor:
     """Each row's items from best to worst score, NaN last (a diverged member's NaN scores rank
-    below everything, on every device). On CPU numpy's argsort is about 2.5x faster than
+    below everything, on every device). On CPU numpy's argsort is about 3x faster than
     torch's, and this sort is most of the ensemble's cost (docs/benchmarks.md). Neither sort is
     stable: equal scores come out in an order that may depend on the device and the CPU."""
     scores = scores.detach().nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))

@@ -9,11 +9,10 @@ Observed training pairs are never interesting (no bug B1).
 
 The authors start it from random tables; then its knowledge of users absent from block k comes
 from the teacher's lists alone, in the few steps a small block gives. By default
-(`continual.kd_init = "previous"`) it starts instead from the previous distilled student D_{k-1},
-grown for the new ids: still a new model distilled from the updated teacher (CL_k is not
-involved), but one that begins knowing the old users. With `kd_init = "updated"` the loop passes
-CCD's updated student CL_k instead, so stage 1's work reaches the served student directly.
-Block 0's D_0 always starts fresh.
+(`continual.kd_init = "updated"`) the loop passes CCD's updated student CL_k instead (stage 1's
+model, trained on block k with the proxies' replay), so what stage 1 learned reaches the served
+student; with "previous" it is D_{k-1}, grown for the new ids. Either way D_k is a new model
+distilled from the updated teacher. Block 0's D_0 always starts fresh.
 """
 
 from __future__ import annotations
