@@ -66,6 +66,7 @@ def _descending_order(scores: torch.Tensor) -> torch.Tensor:
     below everything, on every device). On CPU numpy's argsort is about 3x faster than
     torch's, and this sort is most of the ensemble's cost (docs/benchmarks.md). Neither sort is
     stable: equal scores come out in an order that may depend on the device and the CPU."""
+    # nan_to_num would also clamp +-inf to finite values; keep them as they are.
     scores = scores.detach().nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
     if scores.device.type == "cpu":
         wide = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
