@@ -15,6 +15,8 @@ same models (their ledger records are copied; refused when a teacher setting dif
 
 - student H-mean (Recall@20) after every block, and LA / RA / H (Recall@20, NDCG@20) at the end,
   per method; the teacher's for the methods that keep one (ccd, kd);
+- CCD's student lead over every other method's student per block (target: positive at D5 and
+  growing over the blocks);
 - parameters of the student and the teacher, their ratio, and the student's share of the
   teacher's H-mean (targets: ratio <= 1/20, share >= 90%);
 - seconds per stage and block (wall and process CPU; CPU is the steady measure on a shared
@@ -43,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from ccd import stages  # noqa: E402
 from ccd.atomic import write_text  # noqa: E402
 from ccd.config import RunConfig  # noqa: E402
+from ccd.continual import evaluation  # noqa: E402
 from ccd.continual.loop import run_stream  # noqa: E402
 from ccd.continual.pinned_config import pin_config, pinned_settings, run_settings  # noqa: E402
 from ccd.continual.state import METHODS  # noqa: E402
@@ -190,6 +193,7 @@ def markdown(results: dict[str, dict[str, Any]], timings: dict[str, list[dict[st
             hs = [f"{r['summary']['recall@20']['H']:.4f}" if r["summary"] else "-" for r in rows[1:]]
             name = method if side == "student" else f"{method} (teacher)"
             lines.append(f"| {name} | " + " | ".join(hs + _final_cells(rows[-1]["summary"])) + " |")
+    lines += _lead_lines(results)
     if "ccd" in results and results["ccd"].get("teacher") and results["ccd"]["student"]["blocks"][-1]["summary"]:
         ccd = results["ccd"]
         s, t = ccd["student"], ccd["teacher"]
@@ -211,6 +215,22 @@ def markdown(results: dict[str, dict[str, Any]], timings: dict[str, list[dict[st
         total = lambda b, key: sum(r[key] for r in rows if r["block"] == b)
         lines.append("| **all stages** | " + " | ".join(f"**{total(b, 'wall_s'):.1f} / {total(b, 'cpu_s'):.1f}**" for b in done_blocks) + " |")
     return "\n".join(lines)
+
+
+def _lead_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """CCD's student H minus each other method's, per block (the paper's "gain" figures)."""
+    students = {m: evaluation.hmean_points(r["student"]["blocks"]) for m, r in results.items() if r.get("student")}
+    ccd = students.pop("ccd", None)
+    if ccd is None or not students:
+        return []
+    leads = evaluation.lead_over(ccd, students)
+    blocks = [b for b, _ in ccd]
+    lines = ["", "CCD student's H-mean lead over each method's student, Recall@20:", "",
+             "| over | " + " | ".join(f"D{b}" for b in blocks) + " |", "|" + "---|" * (len(blocks) + 1)]
+    for method, points in leads.items():
+        by_block = dict(points)
+        lines.append(f"| {method} | " + " | ".join(f"{by_block[b]:+.4f}" if b in by_block else "-" for b in blocks) + " |")
+    return lines
 
 
 def _final_cells(final: dict[str, Any] | None) -> list[str]:

@@ -110,7 +110,7 @@ def test_rerun_is_a_no_op_and_prints_the_table(ccd_home, tmp_path, capsys):
     assert all(s.attempts == 1 for s in list_stages(home))
 
 
-def test_baselines_share_block_zero(ccd_home, tmp_path):
+def test_baselines_share_block_zero(ccd_home, tmp_path, capsys):
     home = copy_home(ccd_home, tmp_path)
     config = RunConfig.load(None, TINY)
     results = {m: run_stream(home, m, config, last_block=2, progress=False) for m in ("finetune", "retrain", "kd", "lwckd-student")}
@@ -125,6 +125,21 @@ def test_baselines_share_block_zero(ccd_home, tmp_path):
     assert all(r["student"]["matrix"][0] == d0 for r in results.values())
     assert results["lwckd-student"]["files"]["plot_all"].endswith("hmean_all.png")
     assert (home.reports / "stream" / "hmean_all.png").read_bytes()[:4] == b"\x89PNG"
+    # with CCD's report in the home, each baseline's run also gives CCD's lead over the ones so far
+    lead = results["lwckd-student"]["ccd_lead"]
+    assert set(lead) == {"finetune", "retrain", "kd", "lwckd-student"}
+    ccd_h = {row["block"]: row["summary"]["recall@20"]["H"]
+             for row in json.loads((home.reports / "stream" / "ccd" / "metrics.json").read_text())["student"]["blocks"]
+             if row["summary"]}
+    for method, points in lead.items():
+        own = {row["block"]: row["summary"]["recall@20"]["H"] for row in results[method]["student"]["blocks"] if row["summary"]}
+        assert [p["block"] for p in points] == sorted(own)
+        assert all(p["lead"] == pytest.approx(ccd_h[p["block"]] - own[p["block"]]) for p in points)
+    assert (home.reports / "stream" / "ccd_lead.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(["stream", "--method", "kd", "--blocks", "3", "--home", str(home.root), *SETS]) == 0  # done: a re-read
+    out = capsys.readouterr().out
+    assert "lead over each baseline" in out and "lwckd-student" in out and "ccd_lead.png" in out
     assert len(list_versions(home, "student")) == 6  # baselines are not registered
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ccd.config import ContinualConfig, RunConfig
 from ccd.continual.distill_stage import distill_block
-from ccd.continual.evaluation import evaluate_block, gate_metrics, plot_hmean, summaries
+from ccd.continual.evaluation import evaluate_block, gate_metrics, lead_over, plot_hmean, plot_lead, summaries
 from ccd.continual.exclusion import cap, list_pairs, top_pairs
 from ccd.continual.lwckd import LwcKd, contrastive_kd_loss, imitation_weights, layer_tables
 from ccd.continual.replay import ReplayLoss, ReplaySet
@@ -334,6 +334,18 @@ def test_evaluation_matrix_summaries_gate_metrics_and_plot(tmp_path):
     matrix = evaluate_block(lambda users: table[users].clone(), 1, {0: np.array([[0, 1]]), 1: np.array([[1, 2]])},
                             np.array([[1, 0]]), 3)
     assert [(r["trained"], r["test"], r["recall@20"]) for r in matrix] == [(1, 0, 1.0), (1, 1, 1.0)]
+
+
+def test_lead_over_each_baseline_per_shared_block_and_its_plot(tmp_path):
+    ccd = [(1, 0.30), (2, 0.35), (3, 0.40)]
+    leads = lead_over(ccd, {"kd": [(1, 0.31), (2, 0.33), (3, 0.36)], "finetune": [(1, 0.2), (2, 0.25)]})
+    assert {name: [(b, round(x, 4)) for b, x in points] for name, points in leads.items()} == {
+        "kd": [(1, -0.01), (2, 0.02), (3, 0.04)],
+        "finetune": [(1, 0.1), (2, 0.1)],  # block 3 has no finetune result: no lead
+    }
+    assert lead_over([(1, 0.3)], {"kd": [(2, 0.1)]}) == {"kd": []}
+    path = plot_lead(leads, tmp_path / "lead.png", "t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_layout_keeps_runs_apart(home):

@@ -81,4 +81,13 @@ def _human(result: dict[str, Any]) -> str:
              table(rows, COLUMNS), f"metrics: {result['files']['metrics']}", f"plot: {result['files']['plot']}"]
     if "plot_all" in result["files"]:
         lines.append(f"all methods: {result['files']['plot_all']}")
+    if "ccd_lead" in result:
+        lines += ["CCD student's H-mean lead over each baseline (Recall@20):", _lead_table(result["ccd_lead"]),
+                  f"plot: {result['files']['plot_lead']}"]
     return "\n".join(lines)
+
+
+def _lead_table(leads: dict[str, list[dict[str, Any]]]) -> str:
+    blocks = sorted({point["block"] for points in leads.values() for point in points})
+    rows = [{"baseline": name, **{f"D{p['block']}": p["lead"] for p in points}} for name, points in leads.items()]
+    return table(rows, ["baseline"] + [f"D{b}" for b in blocks])

@@ -4,7 +4,8 @@ After block k the served model is ranked on the test split of block k (plasticit
 earlier block j < k (stability), always excluding every training pair seen up to k (no B14).
 Rows of the matrix are `{"trained": k, "test": j, "recall@20", "ndcg@20", "users"}`;
 `summaries` turns them into LA, RA and H (`ccd.evaluate.continual_summaries`) as they stood after
-each block, and `plot_hmean` draws H-mean over blocks for one or several methods.
+each block, and `plot_hmean` draws H-mean over blocks for one or several methods. `lead_over`
+and `plot_lead` show CCD's margin over each baseline per block, the way the paper reports it.
 """
 
 from __future__ import annotations
@@ -107,3 +108,39 @@ def plot_hmean(series: Mapping[str, Sequence[tuple[int, float]]], path: Path, ti
 def hmean_points(block_summaries: Sequence[Mapping[str, Any]], metric: str = "recall@20") -> list[tuple[int, float]]:
     """(block, H) for every block that has a summary."""
     return [(s["block"], s["summary"][metric]["H"]) for s in block_summaries if s["summary"]]
+
+
+def lead_over(
+    reference: Sequence[tuple[int, float]], others: Mapping[str, Sequence[tuple[int, float]]]
+) -> dict[str, list[tuple[int, float]]]:
+    """Per other series: the reference's H minus its H at every block both have (positive: the
+    reference is ahead). A lead is what the paper's figures give, so whether it grows over the
+    blocks is read here rather than from two curves that nearly overlap."""
+    by_block = dict(reference)
+    return {name: [(block, by_block[block] - h) for block, h in points if block in by_block]
+            for name, points in others.items()}
+
+
+def plot_lead(leads: Mapping[str, Sequence[tuple[int, float]]], path: Path, title: str) -> Path:
+    """Grouped bars of a lead per block (one bar per compared series), zero marked, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    width = 0.8 / max(len(leads), 1)
+    for n, (name, points) in enumerate(leads.items()):
+        if points:
+            blocks, values = zip(*points)
+            axes.bar([b - 0.4 + (n + 0.5) * width for b in blocks], values, width=width, label=name)
+    axes.axhline(0.0, color="black", linewidth=0.8)
+    axes.set_xlabel("block")
+    axes.set_ylabel("H-mean lead (Recall@20)")
+    axes.set_title(title)
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    write_with(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+    return Path(path)

@@ -470,7 +470,8 @@ def _timings(run: Run, last: int) -> list[dict[str, Any]]:
 
 
 def write_report(run: Run, last: int) -> dict[str, Any]:
-    """Write `metrics.json` and `hmean.png` for this method, and `hmean_all.png` over all methods."""
+    """Write `metrics.json` and `hmean.png` for this method, `hmean_all.png` over all methods, and
+    `ccd_lead.png` (CCD's student lead over each baseline) once CCD and a baseline have results."""
     result = report(run, last)
     folder = run.layout.report_dir
     result["files"] = {"metrics": str(folder / "metrics.json"), "plot": str(folder / "hmean.png")}
@@ -482,8 +483,22 @@ def write_report(run: Run, last: int) -> dict[str, Any]:
         series = {name: points for r in reports for name, points in _series(r, f"{r['method']} ").items()}
         evaluation.plot_hmean(series, path, "H-mean over blocks, every method")
         result["files"]["plot_all"] = str(path)
+        _add_ccd_lead(run.home, reports, result)
         write_text(folder / "metrics.json", json.dumps(result, indent=2, default=str) + "\n")
     return result
+
+
+def _add_ccd_lead(home: Home, reports: list[dict[str, Any]], result: dict[str, Any]) -> None:
+    """CCD's student H minus each baseline's, per block, into `result` and `ccd_lead.png`."""
+    students = {r["method"]: evaluation.hmean_points(r["student"]["blocks"]) for r in reports if r.get("student")}
+    ccd = students.pop("ccd", None)
+    if ccd is None or not students:
+        return
+    leads = evaluation.lead_over(ccd, students)
+    result["ccd_lead"] = {name: [{"block": b, "lead": lead} for b, lead in points] for name, points in leads.items()}
+    path = home.reports / "stream" / "ccd_lead.png"
+    evaluation.plot_lead(leads, path, "CCD student's H-mean lead over each baseline's")
+    result["files"]["plot_lead"] = str(path)
 
 
 def _series(result: dict[str, Any], prefix: str = "") -> dict[str, list[tuple[int, float]]]:
