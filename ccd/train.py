@@ -157,8 +157,9 @@ def train(
     model : Recommender
         Must cover exactly the block's id space (`grow` it first for a later block).
     data : BlockData
-        Train pairs to learn from (also handed to `model.set_interactions`), valid pairs to
-        select on; ranking excludes `data.seen_train`.
+        Train pairs to learn from, valid pairs to select on; ranking excludes `data.seen_train`.
+        `model.set_interactions` gets `data.seen_train` for a LightGCN's graph (`data.train`
+        with `graph="block"`) and `data.train` for a Mult-VAE's training rows.
     config : TrainConfig
     seed : int, optional
         Seed of the batches, negatives and model noise; default `model.config.seed`.
@@ -187,7 +188,7 @@ def train(
     _check(model, data, config)
     device = pick_device(config.device)
     model.to(device)
-    model.set_interactions(data.train)
+    model.set_interactions(_interactions(model, data, config))
     generator = torch.Generator(device=device).manual_seed(model.config.seed if seed is None else seed)
     seen = data.seen_train if exclude_negatives is None else np.concatenate([data.seen_train, exclude_negatives])
     sampler = NegativeSampler(seen, data.n_users, data.n_items, device)
@@ -263,6 +264,15 @@ def train(
         history=history,
     )
 
+
+
+def _interactions(model: Recommender, data: BlockData, config: TrainConfig) -> np.ndarray:
+    """The pairs the model is handed while it trains. A pair model's are only its graph
+    (LightGCN), which keeps every pair seen so far unless `graph="block"`; a row model (Mult-VAE)
+    learns from its rows, which stay the block's so that an update fine-tunes on new data."""
+    if config.graph == "seen" and model.batch_kind == "pairs":
+        return data.seen_train
+    return data.train
 
 def validate(model: Recommender, data: BlockData, batch_users: int = 1024, split: str = "valid") -> dict[str, float]:
     """Full-ranking Recall/NDCG@{10,20,50} of `model` on `data.<split>`, excluding seen train."""

@@ -56,20 +56,23 @@ def test_a_setting_added_after_the_pin_counts_at_its_default(tmp_path):
         Run(home, "ccd", RunConfig.load(None, ["continual.teacher_replay_form=bpr"]), progress=False)
 
 
-def test_a_run_pinned_before_stream_selection_keeps_the_block_rule(tmp_path):
-    """`select_on` was added with a new default; a run pinned before it resumes as it ran."""
+@pytest.mark.parametrize("section, key, before, default", [("continual", "select_on", "block", "stream"),
+                                                        ("train", "graph", "block", "seen")])
+def test_a_run_pinned_before_a_setting_was_added_resumes_as_it_ran(tmp_path, section, key, before, default):
+    """`select_on` and `graph` came with new defaults; a run pinned before them resumes as it ran."""
+    assert getattr(getattr(RunConfig(), section), key) == default
     home = Home.resolve(tmp_path)
-    Run(home, "ccd", RunConfig.load(None, ["continual.select_on=block"]), progress=False)
+    Run(home, "ccd", RunConfig.load(None, [f"{section}.{key}={before}"]), progress=False)
     pinned = json.loads(pin_path(home, "default").read_text())
-    del pinned["continual"]["select_on"]  # as pinned by a version without the setting
+    del pinned[section][key]  # as pinned by a version without the setting
     pin_path(home, "default").write_text(json.dumps(pinned))
     resumed = run_settings(home, "default", {})
-    assert resumed.continual.select_on == "block"
+    assert getattr(getattr(resumed, section), key) == before
     Run(home, "ccd", resumed, progress=False)
-    with pytest.raises(BadInputError, match=r"continual\.select_on"):
+    with pytest.raises(BadInputError, match=rf"{section}\.{key}"):
         Run(home, "ccd", RunConfig(), progress=False)
-    asked = RunConfig.named(None, ["continual.select_on=stream"])  # stream is the default: still named
-    assert run_settings(home, "r1", asked).continual.select_on == "stream"
+    asked = RunConfig.named(None, [f"{section}.{key}={default}"])  # the default, named: still applied
+    assert getattr(getattr(run_settings(home, "r1", asked), section), key) == default
 
 
 def test_a_new_run_key_takes_new_settings(tmp_path):

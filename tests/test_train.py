@@ -165,6 +165,22 @@ def test_extra_negative_exclusions_are_respected():
         train(build_model(BPRConfig(dim=4), data.n_users, data.n_items), data, FAST, exclude_negatives=extra, progress=False)
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_a_later_block_keeps_the_graph_of_every_pair_seen(config):
+    """On block k a LightGCN propagates over every training pair so far (not the block's only,
+    spec B11) unless graph="block"; a Mult-VAE learns from the block's rows either way."""
+    whole = planted_block()
+    cut = len(whole.train) // 2
+    later = type(whole)(1, whole.n_users, whole.n_items, whole.train[cut:], whole.valid, whole.test, whole.train[:cut])
+    short = TrainConfig(lr=0.02, batch_size=128, user_batch_size=16, max_epochs=1, min_epochs=0, device="cpu")
+    as_set = lambda pairs: {(int(u), int(i)) for u, i in pairs}
+    for graph, expected in (("seen", later.seen_train), ("block", later.train)):
+        model = build_model(config, later.n_users, later.n_items)
+        train(model, later, dataclasses.replace(short, graph=graph), progress=False)
+        kept = later.train if config.__class__ is VAEConfig else expected
+        assert as_set(model.interactions) == as_set(kept)
+
+
 # --- failures ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)

@@ -34,7 +34,7 @@ UNPINNED_KEYS = {("train", "device")}
 # Settings added to the code after runs were pinned whose default is not what the code did
 # before them: the value that did, so a run pinned without the key resumes as it started. Any
 # other key missing from a pin counts at its default (added with the old behaviour as default).
-BEFORE_ADDED: dict[tuple[str, str], Any] = {("continual", "select_on"): "block"}
+BEFORE_ADDED: dict[tuple[str, str], Any] = {("continual", "select_on"): "block", ("train", "graph"): "block"}
 
 
 def pinned_settings(config: RunConfig) -> dict[str, Any]:

@@ -4,8 +4,9 @@ With A the (n_users + n_items) square bipartite adjacency of the training pairs 
 matrix, one layer is e^{l+1} = D^-1/2 A D^-1/2 e^l, and the final embedding is the mean of
 e^0..e^L. There are no weights besides the ego tables, no nonlinearity and no dropout (spec 1).
 
-The graph is the one given by `set_interactions`: CCD rebuilds it from the current block's
-training pairs only, so an entity inactive in the block keeps e^0 / (L + 1) (spec B11).
+The graph is the one given by `set_interactions`. Training on a block hands it every training
+pair seen so far (`train.graph = "seen"`); the authors' code used the block's pairs only, so an
+entity inactive in the block keeps e^0 / (L + 1) and its items sink (spec B11, `"block"`).
 """
 
 from __future__ import annotations
