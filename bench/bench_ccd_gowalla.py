@@ -219,12 +219,10 @@ def markdown(results: dict[str, dict[str, Any]], timings: dict[str, list[dict[st
 
 def _lead_lines(results: dict[str, dict[str, Any]]) -> list[str]:
     """CCD's student H minus each other method's, per block (the paper's "gain" figures)."""
-    students = {m: evaluation.hmean_points(r["student"]["blocks"]) for m, r in results.items() if r.get("student")}
-    ccd = students.pop("ccd", None)
-    if ccd is None or not students:
+    leads = evaluation.ccd_leads(results)
+    if not leads:
         return []
-    leads = evaluation.lead_over(ccd, students)
-    blocks = [b for b, _ in ccd]
+    blocks = [b for b, _ in evaluation.hmean_points(results["ccd"]["student"]["blocks"])]
     lines = ["", "CCD student's H-mean lead over each method's student, Recall@20:", "",
              "| over | " + " | ".join(f"D{b}" for b in blocks) + " |", "|" + "---|" * (len(blocks) + 1)]
     for method, points in leads.items():

@@ -10,7 +10,7 @@ and `plot_lead` show CCD's margin over each baseline per block, the way the pape
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,27 +82,15 @@ def gate_metrics(block_summary: Mapping[str, Any]) -> dict[str, float]:
 
 
 def plot_hmean(series: Mapping[str, Sequence[tuple[int, float]]], path: Path, title: str) -> Path:
-    """Line plot of H-mean (Recall@20) over blocks, one line per named series, written atomically
-    as PNG. Matplotlib runs on the Agg backend, so no display is needed."""
-    import matplotlib
+    """Line plot of H-mean (Recall@20) over blocks, one line per named series, as PNG."""
+    def draw(axes) -> None:
+        for name, points in series.items():
+            if points:
+                blocks, values = zip(*points)
+                axes.plot(blocks, values, marker="o", linestyle="--" if name.endswith("teacher") else "-", label=name)
+        axes.grid(alpha=0.3)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 4.0))
-    for name, points in series.items():
-        if points:
-            blocks, values = zip(*points)
-            axes.plot(blocks, values, marker="o", linestyle="--" if name.endswith("teacher") else "-", label=name)
-    axes.set_xlabel("block")
-    axes.set_ylabel("H-mean of LA and RA (Recall@20)")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    write_with(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    plt.close(figure)
-    return Path(path)
+    return _plot(draw, path, title, "H-mean of LA and RA (Recall@20)")
 
 
 def hmean_points(block_summaries: Sequence[Mapping[str, Any]], metric: str = "recall@20") -> list[tuple[int, float]]:
@@ -123,22 +111,39 @@ def lead_over(
 
 def plot_lead(leads: Mapping[str, Sequence[tuple[int, float]]], path: Path, title: str) -> Path:
     """Grouped bars of a lead per block (one bar per compared series), zero marked, as PNG."""
+    def draw(axes) -> None:
+        width = 0.8 / max(len(leads), 1)
+        for n, (name, points) in enumerate(leads.items()):
+            if points:
+                blocks, values = zip(*points)
+                axes.bar([b - 0.4 + (n + 0.5) * width for b in blocks], values, width=width, label=name)
+        axes.axhline(0.0, color="black", linewidth=0.8)
+        axes.grid(axis="y", alpha=0.3)
+
+    return _plot(draw, path, title, "H-mean lead (Recall@20)")
+
+
+def ccd_leads(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """CCD's student H minus every other method's per block, from stream reports by method
+    (`ccd.continual.loop.report`); empty unless CCD and another method have a student."""
+    students = {method: hmean_points(r["student"]["blocks"]) for method, r in reports.items() if r.get("student")}
+    ccd = students.pop("ccd", None)
+    return lead_over(ccd, students) if ccd is not None and students else {}
+
+
+def _plot(draw: Callable[[Any], None], path: Path, title: str, ylabel: str) -> Path:
+    """One figure over blocks, drawn by `draw(axes)`, written atomically as PNG. Matplotlib runs on
+    the Agg backend, so no display is needed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
-    width = 0.8 / max(len(leads), 1)
-    for n, (name, points) in enumerate(leads.items()):
-        if points:
-            blocks, values = zip(*points)
-            axes.bar([b - 0.4 + (n + 0.5) * width for b in blocks], values, width=width, label=name)
-    axes.axhline(0.0, color="black", linewidth=0.8)
+    draw(axes)
     axes.set_xlabel("block")
-    axes.set_ylabel("H-mean lead (Recall@20)")
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
-    axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
     write_with(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=100))

@@ -490,11 +490,9 @@ def write_report(run: Run, last: int) -> dict[str, Any]:
 
 def _add_ccd_lead(home: Home, reports: list[dict[str, Any]], result: dict[str, Any]) -> None:
     """CCD's student H minus each baseline's, per block, into `result` and `ccd_lead.png`."""
-    students = {r["method"]: evaluation.hmean_points(r["student"]["blocks"]) for r in reports if r.get("student")}
-    ccd = students.pop("ccd", None)
-    if ccd is None or not students:
+    leads = evaluation.ccd_leads({r["method"]: r for r in reports})
+    if not leads:
         return
-    leads = evaluation.lead_over(ccd, students)
     result["ccd_lead"] = {name: [{"block": b, "lead": lead} for b, lead in points] for name, points in leads.items()}
     path = home.reports / "stream" / "ccd_lead.png"
     evaluation.plot_lead(leads, path, "CCD student's H-mean lead over each baseline's")
