@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_ccd_gowalla import DEFAULTS  # noqa: E402
 from ccd.config import RunConfig  # noqa: E402
 from ccd.continual import evaluation  # noqa: E402
 from ccd.continual.loop import Run  # noqa: E402
@@ -39,11 +38,13 @@ from ccd.continual.pinned_config import run_settings  # noqa: E402
 from ccd.continual.teacher_update import update_member  # noqa: E402
 from ccd.continual.updates import grown  # noqa: E402
 from ccd.home import Home  # noqa: E402
+from ccd.stages import DEFAULT_RUN_KEY  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", required=True)
+    parser.add_argument("--run-key", default=DEFAULT_RUN_KEY, help="the CCD run whose states and settings are read")
     parser.add_argument("--block", type=int, default=2)
     parser.add_argument("--member", default="bpr-0")
     parser.add_argument("--variants", default="plain,lwckd,exclusion,replay,full")
@@ -51,12 +52,12 @@ def main() -> None:
     parser.add_argument("--split", choices=("valid", "test"), default="valid")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="a setting changed in every variant (the home's CCD run is read with its own)")
+                        help="a setting changed in every variant (on top of the CCD run's own)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     home = Home.resolve(args.home)
-    run = Run(home, "ccd", run_settings(home, "default", {}), progress=False)  # the settings it was pinned with
-    config = RunConfig.load(None, DEFAULTS + args.overrides)  # --set changes every variant, not the run read
+    run = Run(home, "ccd", run_settings(home, args.run_key, {}), args.run_key, progress=False)  # as it was pinned
+    config = run_settings(home, args.run_key, RunConfig.named(None, args.overrides))  # --set changes every variant
     block, c = args.block, config.continual
     data, previous = run.data(block), run.load(run.member_path(block - 1, args.member))
     update = run.outputs(run.layout, block, "student-update")

@@ -187,6 +187,16 @@ def test_grow_random_keeps_old_rows(config):
         assert 0.003 < float(model.item_emb[-2:].detach().std()) < 0.03  # N(0, 0.01^2)
 
 
+def test_lightgcn_grow_adds_the_new_pairs_to_its_graph():
+    data = planted_block()
+    model = build_model(LightGCNConfig(dim=4, layers=2), data.n_users, data.n_items)
+    model.set_interactions(data.train)
+    new_pairs = np.array([[data.n_users, 0], [0, data.n_items]])
+    model.grow(data.n_users + 1, data.n_items + 1, new_pairs, init="random")
+    expected = {tuple(p) for p in data.train} | {tuple(p) for p in new_pairs}
+    assert {tuple(p) for p in model.interactions} == expected
+
+
 def test_vae_grow_neighbour_uses_two_hop_on_item_tables():
     model = build_model(VAEConfig(dim=2, hidden=3), 3, 2)
     model.grow(5, 3, PAIRS, init="neighbour", k=2)

@@ -73,7 +73,9 @@ class BPRMF(Recommender):
         users, items = grow_tables(self.user_emb.detach(), self.item_emb.detach(), pairs, n_users, n_items, init, k, generator)
         self.user_emb, self.item_emb = nn.Parameter(users), nn.Parameter(items)
         self.n_users, self.n_items = n_users, n_items
-        self.set_interactions(pairs)
+        # The new pairs join the graph rather than replace it, so a grown LightGCN still ranks
+        # old users and items from their own edges before it trains (training re-sets the graph).
+        self.set_interactions(np.concatenate([self.interactions, np.asarray(pairs, dtype=np.int64).reshape(-1, 2)]))
 
     def user_item_representations(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return {"ego": (self.user_emb, self.item_emb), "final": self.embeddings()}
