@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/bench_ccd_teacher_ablation.py --home bench/out/home-ccd-gowalla --block 2 --member bpr-0
 
-Reads a home where `bench_ccd_gowalla.py --methods ccd` has run through `--block` (it needs the
-member's CCD state after block k-1 and block k's student-update outputs), then updates that
+Reads a home where `bench_ccd_gowalla.py --methods ccd` has run through `--block` under
+`--run-key` (it needs the member's CCD state after block k-1 and block k's student-update
+outputs), with that run's pinned settings (`--set` changes them for every variant), then updates that
 member on block k several ways, all from the same start and seed, and ranks each result on the
 valid (default; choose settings there) or test splits of blocks 0..k (Recall@20, every training
 pair so far excluded). H is the harmonic mean of block k's recall and the mean over blocks
