@@ -11,8 +11,8 @@ the mean over the earlier blocks (the one-block analogue of the paper's H). Seed
 stream's own setting; `--set` changes a setting of the distillation (e.g. how its epoch is
 selected) on top of each run's own. `method:key@method:key` distils from the first run's D_{k-1}
 with the second run's teacher lists, which splits a gap between two runs into what their
-students carry and what their teachers list. Nothing is written to the home but what a run under a key
-writes first (its pinned settings), and the runs' keys have those already.
+students carry and what their teachers list. Nothing is written to the home; a run key it has
+not pinned is an error.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_ccd_teacher_ablation import row, score  # noqa: E402
+from bench_ccd_teacher_ablation import row, score, stored_run  # noqa: E402
 from ccd.config import RunConfig  # noqa: E402
 from ccd.continual.distill_stage import distill_block  # noqa: E402
 from ccd.continual.loop import Run  # noqa: E402
@@ -56,8 +56,8 @@ def main() -> None:
     print("|" + "---|" * (block + 6))
     for spec in args.runs.split(","):
         own, _, other = spec.partition("@")
-        run = stored_run(home, own)
-        lists = stored_run(home, other) if other else run
+        run = spec_run(home, own)
+        lists = spec_run(home, other) if other else run
         config = run_settings(home, run.run_key, RunConfig.named(None, args.overrides))
         data, previous = run.data(block), run.load(run.distill_start(block))
         tests = {j: run.data(j).test for j in range(block + 1)}
@@ -72,10 +72,10 @@ def main() -> None:
                       time.perf_counter() - start), flush=True)
 
 
-def stored_run(home: Home, spec: str) -> Run:
+def spec_run(home: Home, spec: str) -> Run:
     """The run `method:run-key` as it was pinned."""
     method, run_key = spec.split(":")
-    return Run(home, method, run_settings(home, run_key, {}), run_key, progress=False)
+    return stored_run(home, method, run_key)
 
 
 if __name__ == "__main__":

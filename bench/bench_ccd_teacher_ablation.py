@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from ccd.config import RunConfig  # noqa: E402
 from ccd.continual import evaluation  # noqa: E402
 from ccd.continual.loop import Run  # noqa: E402
-from ccd.continual.pinned_config import run_settings  # noqa: E402
+from ccd.continual.pinned_config import pin_path, run_settings  # noqa: E402
 from ccd.continual.teacher_update import update_member  # noqa: E402
 from ccd.continual.updates import grown  # noqa: E402
 from ccd.home import Home  # noqa: E402
@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     home = Home.resolve(args.home)
-    run = Run(home, "ccd", run_settings(home, args.run_key, {}), args.run_key, progress=False)  # as it was pinned
+    run = stored_run(home, "ccd", args.run_key)
     config = run_settings(home, args.run_key, RunConfig.named(None, args.overrides))  # --set changes every variant
     block, c = args.block, config.continual
     data, previous = run.data(block), run.load(run.member_path(block - 1, args.member))
@@ -94,6 +94,14 @@ def main() -> None:
             model, result = update_member(previous, data, run.data(block - 1).train, changed, replay_sources, True,
                                           run.protected(block, data) if exclusion else None, seed, progress=False)
         print(row(name, score(model, run, block, splits), f"{result.best_epoch}/{result.epochs_run}", time.perf_counter() - start), flush=True)
+
+
+def stored_run(home: Home, method: str, run_key: str) -> Run:
+    """`method`'s run under `run_key` with the settings it was pinned with; an unknown key is an
+    error, not a new run (a new key would pin itself into the home)."""
+    if not pin_path(home, run_key).exists():
+        raise SystemExit(f"no run key {run_key!r} in {home.root} (see its runs/ folder)")
+    return Run(home, method, run_settings(home, run_key, {}), run_key, progress=False)
 
 
 def score(model, run: Run, block: int, splits: dict[int, np.ndarray]) -> list[float]:
