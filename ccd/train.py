@@ -194,7 +194,8 @@ def train(
     sampler = NegativeSampler(seen, data.n_users, data.n_items, device)
     train_pairs = torch.as_tensor(data.train, device=device)
     extra = list(extension.parameters()) if extension is not None else []
-    optimizer = torch.optim.Adam([*model.parameters(), *extra], lr=config.lr)
+    row_decay, adam_decay = (config.weight_decay, 0.0) if config.decay_on == "batch" else (0.0, config.weight_decay)
+    optimizer = torch.optim.Adam([*model.parameters(), *extra], lr=config.lr, weight_decay=adam_decay)
 
     history: list[dict[str, Any]] = []
     best = (-math.inf, 0, {}, None)  # (score, epoch, metrics, state)
@@ -209,7 +210,7 @@ def train(
             extension.start_epoch(epoch)
         with subnormals_flushed():
             for batch in _batches(model, train_pairs, sampler, config, generator):
-                loss = model.training_loss(batch, config.weight_decay)
+                loss = model.training_loss(batch, row_decay)
                 if extension is not None:
                     loss = loss + extension.loss(batch)
                 optimizer.zero_grad(set_to_none=True)

@@ -181,6 +181,30 @@ def test_a_later_block_keeps_the_graph_of_every_pair_seen(config):
         assert as_set(model.interactions) == as_set(kept)
 
 
+def test_decay_on_all_shrinks_the_rows_of_users_with_no_data():
+    """decay_on="all" is Adam's coupled weight decay (the authors' code): a user with no pair in
+    the block shrinks toward zero; with "batch" the L2 reaches only the rows a batch uses, so
+    that user's row is left exactly as it was."""
+    data = planted_block()
+    idle = int(data.n_users - 1)
+    block = type(data)(data.block, data.n_users, data.n_items, data.train[data.train[:, 0] != idle],
+                       data.valid, data.test, data.history)
+    short = dataclasses.replace(FAST, max_epochs=3, min_epochs=0, weight_decay=0.5)
+    norms = {}
+    for decay_on in ("batch", "all"):
+        model = build_model(BPRConfig(dim=8, seed=1), data.n_users, data.n_items)
+        with torch.no_grad():
+            model.user_emb[idle] = 1.0  # a trained-sized row, far above Adam's step
+        before = model.user_emb.detach()[idle].clone()
+        train(model, block, dataclasses.replace(short, decay_on=decay_on), progress=False)
+        after = model.user_emb.detach()[idle]
+        norms[decay_on] = (float(before.norm()), float(after.norm()))
+        if decay_on == "batch":
+            assert torch.equal(after, before)
+    start, end = norms["all"]
+    assert end < 0.95 * start  # Adam moves it about lr a step toward 0, with nothing pulling back
+
+
 # --- failures ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
