@@ -103,7 +103,8 @@ class TrainConfig:
     lr: float = 5e-3
     # L2 weight, 1e-4 as in the spec.
     weight_decay: float = 1e-4
-    # Where the L2 acts. "batch": on the embedding rows a batch uses (LightGCN paper form).
+    # Where the L2 acts. "batch": in the loss, on the embedding rows a batch uses (LightGCN paper
+    # form; a Mult-VAE's on its weights).
     # "all": Adam's own coupled weight_decay on every parameter, as the authors' code does; with
     # Adam's normalised steps it shrinks every row with no data at about the full learning rate,
     # so an update on a new block forgets the users and items absent from it (kept to measure

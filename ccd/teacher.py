@@ -163,12 +163,18 @@ def _metrics(valid: dict[str, float], test: dict[str, float]) -> dict[str, float
     return {f"{split}_{m}": scores.get(m) for split, scores in (("valid", valid), ("test", test)) for m in ("recall@20", "ndcg@20")}
 
 
+# `train` keys added after members were saved, at the value that trains as the code did before
+# them: hashed only when set otherwise, so an upgrade still reuses the members already trained.
+UNHASHED_AT = {"decay_on": "batch"}
+
+
 def _fingerprint(data: BlockData, config: RunConfig) -> str:
     """Hash of everything a member's training depends on besides its own config."""
     digest = hashlib.sha256()
     for part in (data.train, data.valid, data.history):
         digest.update(np.ascontiguousarray(part).tobytes())
-    digest.update(json.dumps([data.n_users, data.n_items, dataclasses.asdict(config.train)], sort_keys=True).encode())
+    train = {k: v for k, v in dataclasses.asdict(config.train).items() if not (k in UNHASHED_AT and UNHASHED_AT[k] == v)}
+    digest.update(json.dumps([data.n_users, data.n_items, train], sort_keys=True).encode())
     return digest.hexdigest()
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
 import pytest
 
 from ccd.config import LakeConfig, RunConfig
 from ccd.errors import BadInputError
 from ccd.lake.ingest import ingest_block
-from ccd.teacher import train_member, train_teacher
+from ccd.teacher import _fingerprint, train_member, train_teacher
+from planted import planted_block
 from tests.conftest import make_block
 
 CONFIG = RunConfig.from_dict({
@@ -28,3 +34,18 @@ def test_members_trained_one_by_one_are_reused_by_the_ensemble(home, tmp_path):
     assert [r["valid_recall@20"] for r in report["members"]] == [r["valid_recall@20"] for r in rows]
     with pytest.raises(BadInputError, match="no teacher member 'vae-0'"):
         train_member(home, 0, "vae-0", CONFIG)
+
+
+def test_members_saved_before_decay_on_existed_keep_their_fingerprint():
+    """`train.decay_on` at "batch" trains as the code before it did, so it is left out of a
+    member's fingerprint (members already saved are reused); "all" trains differently and
+    changes it."""
+    data, config = planted_block(), RunConfig()
+    before = {k: v for k, v in dataclasses.asdict(config.train).items() if k != "decay_on"}
+    digest = hashlib.sha256()
+    for part in (data.train, data.valid, data.history):
+        digest.update(np.ascontiguousarray(part).tobytes())
+    digest.update(json.dumps([data.n_users, data.n_items, before], sort_keys=True).encode())
+    assert _fingerprint(data, config) == digest.hexdigest()
+    changed = RunConfig.from_dict({"train": {"decay_on": "all"}})
+    assert _fingerprint(data, changed) != digest.hexdigest()

@@ -181,6 +181,20 @@ def test_a_later_block_keeps_the_graph_of_every_pair_seen(config):
         assert as_set(model.interactions) == as_set(kept)
 
 
+@pytest.mark.parametrize("decay_on, row_decay, adam_decay", [("batch", 0.5, 0.0), ("all", 0.0, 0.5)])
+def test_decay_on_puts_the_l2_in_one_place_only(monkeypatch, decay_on, row_decay, adam_decay):
+    """The L2 goes either into the loss (batch rows) or into Adam (every parameter), never both."""
+    data = planted_block()
+    model = build_model(BPRConfig(dim=4, seed=1), data.n_users, data.n_items)
+    seen = {"loss": set(), "adam": set()}
+    loss = model.training_loss
+    monkeypatch.setattr(model, "training_loss", lambda batch, wd: seen["loss"].add(wd) or loss(batch, wd))
+    adam = torch.optim.Adam
+    monkeypatch.setattr(torch.optim, "Adam", lambda params, **kw: seen["adam"].add(kw.get("weight_decay", 0.0)) or adam(params, **kw))
+    train(model, data, dataclasses.replace(FAST, max_epochs=1, weight_decay=0.5, decay_on=decay_on), progress=False)
+    assert seen == {"loss": {row_decay}, "adam": {adam_decay}}
+
+
 def test_decay_on_all_shrinks_the_rows_of_users_with_no_data():
     """decay_on="all" is Adam's coupled weight decay (the authors' code): a user with no pair in
     the block shrinks toward zero; with "batch" the L2 reaches only the rows a batch uses, so
