@@ -170,10 +170,14 @@ UNHASHED_AT = {"decay_on": "batch"}
 
 def _fingerprint(data: BlockData, config: RunConfig) -> str:
     """Hash of everything a member's training depends on besides its own config."""
+    train = {k: v for k, v in dataclasses.asdict(config.train).items() if not (k in UNHASHED_AT and UNHASHED_AT[k] == v)}
+    return _digest(data, train)
+
+
+def _digest(data: BlockData, train: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     for part in (data.train, data.valid, data.history):
         digest.update(np.ascontiguousarray(part).tobytes())
-    train = {k: v for k, v in dataclasses.asdict(config.train).items() if not (k in UNHASHED_AT and UNHASHED_AT[k] == v)}
     digest.update(json.dumps([data.n_users, data.n_items, train], sort_keys=True).encode())
     return digest.hexdigest()
 
