@@ -121,7 +121,7 @@ def share_kd_teacher(home: Home, config: RunConfig, source_key: str, run_key: st
     if differ:
         raise SystemExit(f"--kd-teacher-from {source_key}: teacher settings differ: {', '.join(differ)}")
     pin_config(home, run_key, config)  # a key that refuses these settings gets no copied records
-    members = [name for name, _ in parse_members(config.teacher.members, config.teacher.lightgcn_layers, config.teacher.base_seed)]
+    members = [name for name, _ in parse_members(config.teacher)]
     names = [f"kd-{TEACHER}-{name}" for name in members] + ["kd-ensemble"]
     block = max(first, 1)
     while last is None or block <= last:

@@ -14,14 +14,17 @@ import time
 
 import torch
 
-from ccd.ensemble import RANK_EXPONENT, rank_transform
+from ccd.config import TeacherConfig
+from ccd.ensemble import rank_transform
+
+EXPONENT = TeacherConfig().rank_exponent
 
 
 def torch_rank_transform(scores: torch.Tensor) -> torch.Tensor:
     """The transform as it was, with torch's argsort (the reference for the speed-up)."""
     order = torch.argsort(scores, dim=1, descending=True)
     positions = torch.arange(1, scores.shape[1] + 1, dtype=torch.float32)
-    return torch.empty(scores.shape).scatter_(1, order, positions.pow(-RANK_EXPONENT).expand_as(order))
+    return torch.empty(scores.shape).scatter_(1, order, positions.pow(-EXPONENT).expand_as(order))
 
 
 def best_of(fn, scores: torch.Tensor, repeats: int) -> float:
@@ -44,8 +47,8 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     # Distinct values (each row a permutation), so both sorts must give the same ranks exactly.
     scores = torch.stack([torch.randperm(args.items, generator=generator) for _ in range(args.users)]).float()
-    assert torch.equal(rank_transform(scores), torch_rank_transform(scores)), "the two sorts disagree on distinct scores"
-    numpy_s = best_of(rank_transform, scores, args.repeats)
+    assert torch.equal(rank_transform(scores, EXPONENT), torch_rank_transform(scores)), "the two sorts disagree on distinct scores"
+    numpy_s = best_of(lambda s: rank_transform(s, EXPONENT), scores, args.repeats)
     torch_s = best_of(torch_rank_transform, scores, args.repeats)
     print(f"rank transform of {args.users:,} x {args.items:,} float32 scores, {args.threads} thread(s), best of {args.repeats}:\n")
     print("| sort | s per chunk | speed-up |\n|---|---|---|")

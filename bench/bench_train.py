@@ -25,7 +25,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ccd.config import RunConfig, TrainConfig
+from ccd.atomic import write_text
+from ccd.config import RunConfig, TeacherConfig, TrainConfig
 from ccd.data import BlockData
 from ccd.models import build_model, parse_members
 from ccd.train import train, validate
@@ -48,7 +49,7 @@ def run_one(spec: str, config: TrainConfig, layers: int, threads: int | None) ->
         torch.set_num_threads(threads)
     start = time.perf_counter()
     data = load_block0()
-    (name, model_config), = parse_members([spec], lightgcn_layers=layers)
+    (name, model_config), = parse_members(TeacherConfig(members=(spec,), lightgcn_layers=layers))
     model = build_model(model_config, data.n_users, data.n_items)
     cuda = config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
     if cuda:
@@ -103,7 +104,7 @@ def main() -> None:
     for row in rows:
         print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"config": dataclasses.asdict(config), "rows": rows}, indent=2))
+        write_text(Path(args.json), json.dumps({"config": dataclasses.asdict(config), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

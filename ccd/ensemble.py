@@ -2,7 +2,8 @@
 
 Members of different kinds (LightGCN, BPR-MF, Mult-VAE) score on different scales, so CCD
 (spec §2.5) combines ranks, not scores: each member ranks every item of the user's full row
-(rank r = 0 is best, train items included), the rank becomes (r + 1)^-0.05, and the ensemble
+(rank r = 0 is best, train items included), the rank becomes (r + 1)^-0.05 (the exponent is
+`teacher.rank_exponent`), and the ensemble
 score is the mean over members. The exponent is small, so the transform stays informative deep
 into the list: rank 1 -> 1.0, 2 -> 0.966, 100 -> 0.794, 10^4 -> 0.631.
 
@@ -11,7 +12,7 @@ item's top-K users; `write_topk` streams over user chunks and writes just those 
 
 Example
 -------
->>> teacher = Ensemble([lightgcn_0, lightgcn_1, bpr_0])
+>>> teacher = Ensemble([lightgcn_0, lightgcn_1, bpr_0], exponent=0.05)   # teacher.rank_exponent
 >>> write_topk(teacher.score, n_users, n_items, block.seen_train, out_dir)
 >>> items, scores = read_topk(out_dir / "user_topk.parquet")   # (n_users, 100) each
 """
@@ -32,7 +33,6 @@ from tqdm import tqdm
 from ccd.atomic import write_with
 from ccd.evaluate import ScoreFn, UserItemCSR
 
-RANK_EXPONENT = 0.05
 USER_TOPK = "user_topk.parquet"
 ITEM_TOPK = "item_topk.parquet"
 _META_KEY = b"ccd.topk"
@@ -44,7 +44,7 @@ class Scorer(Protocol):
     def score(self, users: torch.Tensor) -> torch.Tensor: ...
 
 
-def rank_transform(scores: torch.Tensor, exponent: float = RANK_EXPONENT) -> torch.Tensor:
+def rank_transform(scores: torch.Tensor, exponent: float) -> torch.Tensor:
     """Replace each score by (r + 1)^-exponent, r its 0-based descending rank in its row.
 
     Parameters
@@ -90,7 +90,7 @@ class Ensemble:
         Taken from the members' `n_items` attribute when they have one.
     """
 
-    def __init__(self, members: Sequence[Scorer], exponent: float = RANK_EXPONENT) -> None:
+    def __init__(self, members: Sequence[Scorer], exponent: float) -> None:
         if not members:
             raise ValueError("an Ensemble needs at least one member")
         sizes = {getattr(m, "n_items", None) for m in members}

@@ -77,13 +77,13 @@ def train_teacher(
     fingerprint = _fingerprint(data, config)
     models: list[Recommender] = []
     rows = []
-    members = parse_members(config.teacher.members, config.teacher.lightgcn_layers, config.teacher.base_seed)
+    members = parse_members(config.teacher)
     for name, model_config in members:
         model, row = _fit_or_load(home, block, name, model_config, data, fingerprint, config, retrain, progress, callback, device)
         models.append(model)
         rows.append(row)
 
-    ensemble = Ensemble(models)
+    ensemble = Ensemble(models, config.teacher.rank_exponent)
     evaluate = lambda truth: rank_metrics(ensemble.score, truth, data.seen_train, data.n_items, ks=(20,), batch_users=config.train.eval_batch_users, device=device)
     valid, test = evaluate(data.valid), evaluate(data.test)
     out_dir = home.model_dir(block, TEACHER)
@@ -115,7 +115,7 @@ def train_member(
     workers); `train_teacher` afterwards finds them all saved and only builds the ensemble.
     Same parameters as `train_teacher`; returns the member's report row.
     """
-    members = dict(parse_members(config.teacher.members, config.teacher.lightgcn_layers, config.teacher.base_seed))
+    members = dict(parse_members(config.teacher))
     if name not in members:
         raise BadInputError(f"no teacher member {name!r} in teacher.members (members: {', '.join(members)})")
     data = load_block_data(home, block)

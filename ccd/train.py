@@ -198,29 +198,12 @@ def train(
     optimizer = torch.optim.Adam([*model.parameters(), *extra], lr=config.lr, weight_decay=adam_decay)
 
     history: list[dict[str, Any]] = []
-    best = (-math.inf, 0, {}, None)  # (score, epoch, metrics, state)
+    best = _Best()
     stale, train_seconds, cpu_seconds, eval_seconds = 0, 0.0, 0.0, 0.0
     bar = tqdm(range(1, config.max_epochs + 1), desc=f"train {model.kind}", unit="epoch", file=sys.stderr, disable=not progress)
     for epoch in bar:
-        # --- one pass over the training data
-        model.train()
         start, cpu_start = time.perf_counter(), time.process_time()
-        total, steps = torch.zeros((), device=device), 0
-        if extension is not None:
-            extension.start_epoch(epoch)
-        with subnormals_flushed():
-            for batch in _batches(model, train_pairs, sampler, config, generator):
-                loss = model.training_loss(batch, row_decay)
-                if extension is not None:
-                    loss = loss + extension.loss(batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach()
-                steps += 1
-        mean_loss = float(total) / steps  # the epoch's only device sync
-        if not math.isfinite(mean_loss):
-            raise TrainingError(f"{model.kind} loss became {mean_loss} at epoch {epoch}: lower train.lr or check the data")
+        mean_loss = _one_epoch(model, _batches(model, train_pairs, sampler, config, generator), optimizer, row_decay, extension, epoch)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         train_seconds += seconds
         cpu_seconds += cpu
@@ -233,12 +216,8 @@ def train(
             eval_seconds += time.perf_counter() - start
             record["valid"] = metrics
             score = metrics.get(SELECTION, metrics[SELECT_METRIC])
-            if score > best[0]:
-                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                best, stale = (score, epoch, metrics, state), 0
-            else:
-                stale += 1
-            bar.set_postfix(loss=f"{mean_loss:.4f}", score=f"{score:.4f}", best=best[1])
+            stale = 0 if best.offer(score, epoch, metrics, model) else stale + 1
+            bar.set_postfix(loss=f"{mean_loss:.4f}", score=f"{score:.4f}", best=best.epoch)
         history.append(record)
         log.info("%s epoch %d: %s", model.kind, epoch, record)
         if callback is not None:
@@ -247,16 +226,14 @@ def train(
             break
     bar.close()
 
-    _, best_epoch, best_metrics, best_state = best
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:  # nothing to select on: keep the last state
-        best_epoch = len(history)
+    if best.state is not None:
+        model.load_state_dict(best.state)
+    best_epoch = best.epoch if best.state is not None else len(history)  # nothing to select on: the last state
     model.eval()
     return TrainResult(
         best_epoch=best_epoch,
         epochs_run=len(history),
-        best_metrics=best_metrics,
+        best_metrics=best.metrics,
         seconds_per_epoch=train_seconds / len(history),
         cpu_seconds_per_epoch=cpu_seconds / len(history),
         eval_seconds=eval_seconds,
@@ -265,6 +242,47 @@ def train(
         history=history,
     )
 
+
+
+def _one_epoch(model: Recommender, batches: Iterator[Batch], optimizer: torch.optim.Optimizer, row_decay: float,
+               extension: Extension | None, epoch: int) -> float:
+    """One pass over the training data; the epoch's mean loss (its only device sync)."""
+    model.train()
+    total, steps = None, 0
+    if extension is not None:
+        extension.start_epoch(epoch)
+    with subnormals_flushed():
+        for batch in batches:
+            loss = model.training_loss(batch, row_decay)
+            if extension is not None:
+                loss = loss + extension.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total = loss.detach() if total is None else total + loss.detach()
+            steps += 1
+    mean_loss = float(total) / steps
+    if not math.isfinite(mean_loss):
+        raise TrainingError(f"{model.kind} loss became {mean_loss} at epoch {epoch}: lower train.lr or check the data")
+    return mean_loss
+
+
+@dataclass
+class _Best:
+    """The best evaluated epoch so far and a copy of the model's state at it."""
+
+    score: float = -math.inf
+    epoch: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, score: float, epoch: int, metrics: dict[str, float], model: Recommender) -> bool:
+        """Keep `model`'s state when `score` beats the best so far; whether it did."""
+        if score <= self.score:
+            return False
+        self.score, self.epoch, self.metrics = score, epoch, metrics
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return True
 
 
 def _interactions(model: Recommender, data: BlockData, config: TrainConfig) -> np.ndarray:

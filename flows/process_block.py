@@ -50,7 +50,7 @@ def block_plan(block: int, method: str, config: RunConfig, until: str = UNTIL[-1
     without the collaborative terms). The other baselines: one student stage, evaluation. CCD
     then registers the block's student.
     """
-    members = tuple(MEMBER + name for name, _ in parse_members(config.teacher.members, config.teacher.lightgcn_layers, config.teacher.base_seed))
+    members = tuple(MEMBER + name for name, _ in parse_members(config.teacher))
     if block == 0:
         groups = [members, ("ensemble",), ("student",), ("evaluate",)]
     elif method == "ccd":

@@ -182,7 +182,8 @@ def metrics_rows(home: Home, block: int, config: RunConfig, method: str, run_key
     return rows
 
 
-@task(name="publish-metrics", task_run_name="publish metrics after block {block}", cache_policy=NO_CACHE)
+@task(name="publish-metrics", task_run_name="publish metrics after block {block}", cache_policy=NO_CACHE,
+      retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, retry_condition_fn=transient)
 def publish_metrics(home: Home, block: int, config: RunConfig, method: str = "ccd", run_key: str = DEFAULT_RUN_KEY) -> list[dict[str, Any]]:
     """Publish the metrics table of the models after `block` (this block and the earlier ones)."""
     rows = metrics_rows(home, block, config, method, run_key)

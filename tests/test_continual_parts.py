@@ -10,7 +10,7 @@ import torch
 
 from ccd.continual.lwckd import contrastive_kd_loss, csr_from_pairs, positives_in_batch, similarity_graph
 from ccd.continual.proxies import blend_state, blend_table
-from ccd.continual.replay import ReplaySet, merge_replay, sample_replay
+from ccd.continual.replay import ReplaySet, draw_replay, merge_replay, top_items
 from ccd.continual.schedules import replay_weight
 from ccd.evaluate import UserItemCSR
 
@@ -49,8 +49,8 @@ def test_replay_draws_only_from_proxy_top_and_never_excluded_items():
     reference_table = torch.randn(20, 50)
     best = proxy_table.argmax(dim=1).numpy()
     exclude = UserItemCSR.from_pairs(np.stack([np.arange(20), best], axis=1), n_users=20)
-    replay = sample_replay(_table_scores(reference_table), _table_scores(proxy_table), np.arange(20), exclude,
-                           n_per_user=3, top=6, seed=1)
+    tops = top_items(_table_scores(proxy_table), np.arange(20), exclude, top=6)
+    replay = draw_replay(_table_scores(reference_table), [(tops, 3)], seed=1)
     assert len(replay) == 60
     for u, i, y in zip(replay.users, replay.items, replay.labels):
         row = proxy_table[u].clone()
@@ -67,15 +67,16 @@ def test_replay_prefers_items_the_reference_forgot():
     proxy = torch.linspace(1, 0, n_items).repeat(200, 1)          # proxy ranks items 0..9 on top
     reference = torch.linspace(0, 1, n_items).repeat(200, 1)      # reference ranks item 0 last
     reference[:, 9] = 10.0                                         # ... and item 9 first
-    replay = sample_replay(_table_scores(reference), _table_scores(proxy), np.arange(200), None,
-                           n_per_user=1, top=10, eps=5e-3, seed=0)
+    tops = top_items(_table_scores(proxy), np.arange(200), None, top=10)
+    replay = draw_replay(_table_scores(reference), [(tops, 1)], eps=5e-3, seed=0)
     counts = np.bincount(replay.items, minlength=10)
     # weight ratio of item 0 (forgotten: reference rank ~999) to item 9 (kept: rank 0) is e^5
     assert counts[0] > 10 and counts[9] <= 2
 
 
 def test_replay_zero_samples_is_empty_and_merge_keeps_max_label():
-    assert len(sample_replay(None, None, np.arange(3), None, 0, 5)) == 0
+    tops = top_items(_table_scores(torch.zeros(3, 5)), np.arange(3), None, top=5)
+    assert len(draw_replay(None, [(tops, 0)])) == 0
     a = ReplaySet(np.array([0, 1]), np.array([5, 6]), np.array([0.2, 0.9], np.float32))
     b = ReplaySet(np.array([0, 2]), np.array([5, 7]), np.array([0.7, 0.1], np.float32))
     merged = merge_replay([a, b, ReplaySet.empty()])

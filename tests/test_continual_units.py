@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ccd.config import ContinualConfig, RunConfig
+from ccd.config import ContinualConfig, GateConfig, RunConfig
 from ccd.continual.distill_stage import distill_block
 from ccd.continual.evaluation import evaluate_block, gate_metrics, lead_over, plot_hmean, plot_lead, summaries
 from ccd.continual.exclusion import cap, list_pairs, top_pairs
@@ -149,12 +150,21 @@ def test_lwckd_reads_previous_embeddings_by_id_not_by_position(moves):
         assert grad_u[1].abs().sum() == 0 and grad_i.abs().sum() == 0
 
 
-def test_lightgcn_lwckd_averages_two_layers():
+def test_lightgcn_lwckd_compares_the_ego_tables_and_one_propagation():
     data = tiny_stream(1)[0]
     model = build_model(LightGCNConfig(dim=4, layers=2), data.n_users, data.n_items)
     model.set_interactions(data.train)
-    layers = layer_tables(model)
-    assert len(layers) == 2 and layers[1][0].shape == (data.n_users, 4)
+    (users_0, items_0), (users_1, items_1) = layer_tables(model)
+    assert torch.equal(users_0, model.user_emb) and torch.equal(items_0, model.item_emb)
+    # layer 1 by hand: the dense symmetric normalisation D^-1/2 A D^-1/2 of the user-item graph
+    n = data.n_users + data.n_items
+    adjacency = torch.zeros(n, n)
+    u, i = torch.as_tensor(data.train[:, 0]), torch.as_tensor(data.train[:, 1]) + data.n_users
+    adjacency[u, i] = adjacency[i, u] = 1.0
+    inv_sqrt = adjacency.sum(1).clamp(min=1).rsqrt()
+    propagated = (inv_sqrt[:, None] * adjacency * inv_sqrt[None, :]) @ torch.cat([model.user_emb, model.item_emb]).detach()
+    assert torch.allclose(users_1, propagated[: data.n_users], atol=1e-6)
+    assert torch.allclose(items_1, propagated[data.n_users :], atol=1e-6)
     bpr = build_model(BPRConfig(dim=4), data.n_users, data.n_items)
     assert len(layer_tables(bpr)) == 1
 
@@ -183,19 +193,28 @@ def test_replay_loss_chunks_labels_annealing_and_redraws():
 
 
 def test_bpr_replay_ranks_each_pair_above_a_random_item_weighted_by_its_label():
-    model = BPRMF(BPRConfig(dim=4, seed=0), n_users=5, n_items=6)
-    replay = ReplaySet(np.array([0, 1, 2]), np.array([1, 2, 3]), np.array([0.9, 0.8, 0.1], np.float32))
-    loss = ReplayLoss(model, lambda epoch: replay, steps_per_epoch=1, weight=0.5, temperature=10.0, seed=3, form="bpr")
+    replay = ReplaySet(np.array([0, 1, 2]), np.array([1, 2, 3]), np.array([0.9, 0.8, 0.0], np.float32))
+    batch = _pair_batch([0, 1], [0, 0])
+    tied = BPRMF(BPRConfig(dim=4, seed=0), n_users=5, n_items=6)
+    with torch.no_grad():
+        tied.item_emb.copy_(torch.ones(6, 4))  # every item scores alike: any random item is a tie
+    loss = ReplayLoss(tied, lambda epoch: replay, steps_per_epoch=1, weight=0.5, temperature=10.0, seed=3, form="bpr")
     loss.start_epoch(1)
-    order = torch.randperm(3, generator=torch.Generator().manual_seed(3))
-    negatives = torch.randint(6, (3,), generator=torch.Generator().manual_seed(3).set_state(loss.generator.get_state()))
-    value = loss.loss(_pair_batch([0, 1], [0, 0]))
-    users, items = model.user_emb.detach(), model.item_emb.detach()
-    u, i, y = torch.as_tensor(replay.users)[order], torch.as_tensor(replay.items)[order], torch.as_tensor(replay.labels)[order]
-    margin = (users[u] * items[i]).sum(1) - (users[u] * items[negatives]).sum(1)
-    assert math.isclose(value.item(), float(0.5 * (y * F.softplus(-margin)).sum() / 2), rel_tol=1e-5)
-    value.backward()
-    assert torch.isfinite(model.item_emb.grad).all()
+    # a tie costs log 2 per pair, weighted by its label, summed, scaled by 0.5 and over B = 2
+    assert math.isclose(loss.loss(batch).item(), 0.5 * (0.9 + 0.8 + 0.0) * math.log(2) / 2, rel_tol=1e-5)
+
+    model = BPRMF(BPRConfig(dim=4, seed=0), n_users=5, n_items=6)
+    idle_user = model.user_emb[2].detach().clone()
+    loss = ReplayLoss(model, lambda epoch: replay, steps_per_epoch=1, weight=0.5, temperature=1e9, seed=3, form="bpr")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for epoch in range(1, 201):  # the replay term alone, a fresh random item every step
+        loss.start_epoch(epoch)
+        optimizer.zero_grad()
+        loss.loss(batch).backward()
+        optimizer.step()
+    scores = model.score(torch.tensor([0, 1]))
+    assert scores[0].argmax() == 1 and scores[1].argmax() == 2  # each replayed item on top
+    assert torch.equal(model.user_emb[2], idle_user)  # label 0: the pair teaches its user nothing
     with pytest.raises(ValueError, match="replay form"):
         ReplayLoss(model, lambda epoch: replay, steps_per_epoch=1, form="mse")
 
@@ -327,6 +346,8 @@ def test_evaluation_matrix_summaries_gate_metrics_and_plot(tmp_path):
     assert out[1]["summary"]["recall@20"] == pytest.approx({"LA": 0.5, "RA": 0.2, "H": 2 * 0.5 * 0.2 / 0.7})
     assert gate_metrics(out[0])["h_recall@20"] == 0.4  # one block: H is its own value
     assert gate_metrics(out[1])["h_ndcg@20"] == pytest.approx(2 * 0.25 * 0.1 / 0.35)
+    # registry.metric accepts exactly the names a registered student carries
+    assert set(gate_metrics(out[1])) == set(typing.get_args(typing.get_type_hints(GateConfig)["metric"]))
     path = plot_hmean({"ccd student": [(1, 0.3), (2, 0.35)], "ccd teacher": [(1, 0.4)]}, tmp_path / "h.png", "t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

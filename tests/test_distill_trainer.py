@@ -14,7 +14,7 @@ from ccd.distill.rrd import rrd_loss
 from ccd.distill.trainer import METHODS, Distiller, TeacherSignal, distill, make_student
 from ccd.ensemble import ITEM_TOPK, USER_TOPK, read_topk, write_topk
 from ccd.errors import TrainingError
-from ccd.models import Batch, BPRConfig, LightGCNConfig, build_model
+from ccd.models import Batch, BPRConfig, build_model
 from ccd.train import train, validate
 from planted import planted_block, single_thread  # noqa: F401 (fixture)
 

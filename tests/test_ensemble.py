@@ -25,9 +25,9 @@ class TableModel:
 def test_rank_transform_hand_case():
     scores = torch.tensor([[0.1, 3.0, -2.0, 0.5]])  # ranks 2, 0, 3, 1
     want = torch.tensor([[3.0, 1.0, 4.0, 2.0]]) ** -0.05
-    assert torch.allclose(rank_transform(scores), want)
+    assert torch.allclose(rank_transform(scores, 0.05), want)
     # The values quoted in the spec: rank 1 -> 1.0, 2 -> 0.966, 100 -> 0.794.
-    row = rank_transform(-torch.arange(100.0)[None, :])[0]
+    row = rank_transform(-torch.arange(100.0)[None, :], 0.05)[0]
     assert row[0] == 1.0 and row[1] == pytest.approx(0.966, abs=1e-3) and row[99] == pytest.approx(0.794, abs=1e-3)
 
 
@@ -35,41 +35,41 @@ def test_rank_transform_matches_a_full_descending_sort():
     """The CPU path sorts with numpy; each score must get the value of its 0-based rank r."""
     scores = torch.randperm(5000, generator=torch.Generator().manual_seed(0)).float().reshape(4, 1250)
     ranks = (scores[:, None, :] > scores[:, :, None]).sum(2)   # items scored higher = rank
-    assert torch.equal(rank_transform(scores), (ranks + 1).float() ** -0.05)
+    assert torch.equal(rank_transform(scores, 0.05), (ranks + 1).float() ** -0.05)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_rank_transform_orders_infinities_and_puts_nan_last(dtype):
     scores = torch.tensor([[float("nan"), float("inf"), 1.0, -3.0, 0.5], [0.0, float("-inf"), float("inf"), -1.0, 2.0]], dtype=dtype)
     ranks = torch.tensor([[4, 0, 1, 3, 2], [2, 4, 0, 3, 1]])
-    assert torch.equal(rank_transform(scores), (ranks + 1).float() ** -0.05)
+    assert torch.equal(rank_transform(scores, 0.05), (ranks + 1).float() ** -0.05)
 
 
 def test_rank_transform_keeps_float64_precision_and_takes_any_layout():
     close = torch.tensor([[1.0, 1.0 + 1e-12, 0.5]], dtype=torch.float64)   # equal in float32
-    assert torch.equal(rank_transform(close), torch.tensor([[2.0, 1.0, 3.0]]) ** -0.05)
+    assert torch.equal(rank_transform(close, 0.05), torch.tensor([[2.0, 1.0, 3.0]]) ** -0.05)
     table = torch.randn(30, 4, requires_grad=True)
-    assert torch.equal(rank_transform(table.T), rank_transform(table.detach().T.contiguous()))
+    assert torch.equal(rank_transform(table.T, 0.05), rank_transform(table.detach().T.contiguous(), 0.05))
 
 
 def test_ensemble_is_mean_of_rank_transforms_and_ignores_scale():
     rng = np.random.default_rng(0)
     a = torch.as_tensor(rng.standard_normal((6, 9)), dtype=torch.float32)
     b = torch.as_tensor(rng.standard_normal((6, 9)), dtype=torch.float32)
-    teacher = Ensemble([TableModel(a), TableModel(1000 * b)])
+    teacher = Ensemble([TableModel(a), TableModel(1000 * b)], 0.05)
     users = torch.tensor([4, 0, 2])
-    want = (rank_transform(a[users]) + rank_transform(b[users])) / 2
+    want = (rank_transform(a[users], 0.05) + rank_transform(b[users], 0.05)) / 2
     assert torch.allclose(teacher.score(users), want)
     assert teacher.n_items == 9 and len(teacher) == 2
     # A member scaled by 1000 ranks exactly like the original: scale does not matter.
-    assert torch.allclose(Ensemble([TableModel(a * 1000)]).score(users), Ensemble([TableModel(a)]).score(users))
+    assert torch.allclose(Ensemble([TableModel(a * 1000)], 0.05).score(users), Ensemble([TableModel(a)], 0.05).score(users))
 
 
 def test_ensemble_rejects_bad_members():
     with pytest.raises(ValueError, match="at least one"):
-        Ensemble([])
+        Ensemble([], 0.05)
     with pytest.raises(ValueError, match="different item counts"):
-        Ensemble([TableModel(torch.zeros(2, 3)), TableModel(torch.zeros(2, 4))])
+        Ensemble([TableModel(torch.zeros(2, 3)), TableModel(torch.zeros(2, 4))], 0.05)
 
 
 def _brute_force_topk(dense: np.ndarray, exclude: np.ndarray, k: int):
@@ -123,7 +123,7 @@ def test_write_topk_layout_and_no_exclusion(tmp_path):
 def test_ensemble_feeds_write_topk(tmp_path):
     rng = np.random.default_rng(1)
     members = [TableModel(torch.as_tensor(rng.standard_normal((8, 12)), dtype=torch.float32)) for _ in range(3)]
-    teacher = Ensemble(members)
+    teacher = Ensemble(members, 0.05)
     out = write_topk(teacher.score, 8, 12, np.zeros((0, 2)), tmp_path, k_user=12, k_item=8, batch_users=3)
     items, scores = read_topk(out["user_topk"])
     dense = teacher.score(torch.arange(8)).numpy()
@@ -135,7 +135,7 @@ def test_stored_topk_gives_the_ensembles_metrics(tmp_path):
     # Lists written without the seen pairs rank like the ensemble itself at cut-offs <= K.
     rng = np.random.default_rng(2)
     members = [TableModel(torch.as_tensor(rng.standard_normal((30, 60)), dtype=torch.float32)) for _ in range(3)]
-    teacher = Ensemble(members)
+    teacher = Ensemble(members, 0.05)
     seen = np.argwhere(rng.random((30, 60)) < 0.2)
     truth = np.argwhere(rng.random((30, 60)) < 0.1)
     out = write_topk(teacher.score, 30, 60, seen, tmp_path, k_user=15, k_item=5, batch_users=7)

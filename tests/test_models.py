@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ccd.config import TeacherConfig
 from ccd.errors import BadInputError
 from ccd.evaluate import UserItemCSR
 from ccd.models import MODELS, BPRConfig, BPRMF, LightGCN, LightGCNConfig, MultVAE, VAEConfig, build_model, parse_members
@@ -36,7 +37,13 @@ def test_score_shape_and_determinism(config):
     scores = model.score(users)
     assert scores.shape == (3, model.n_items)
     assert torch.equal(scores, model.score(users))  # no noise outside training (VAE: z = mu)
-    assert model.parameter_count() == sum(p.numel() for p in model.parameters()) > 0
+    U, I, d = model.n_users, model.n_items, config.dim
+    if isinstance(config, VAEConfig):  # item_in, in_bias, to_latent, from_latent, item_out, out_bias
+        h = config.hidden
+        expected = I * h + h + (h * 2 * d + 2 * d) + (d * h + h) + I * h + I
+    else:  # one embedding row per user and per item
+        expected = (U + I) * d
+    assert model.parameter_count() == expected
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
@@ -103,14 +110,16 @@ def test_lightgcn_eval_cache_follows_weight_updates():
 
 
 def test_parse_members():
-    members = parse_members(["lightgcn:64x2", "bpr:32", "lightgcn:16"], lightgcn_layers=3, base_seed=5)
-    assert [name for name, _ in members] == ["lightgcn-0", "lightgcn-1", "bpr-0", "lightgcn-2"]
+    members = parse_members(TeacherConfig(members=("lightgcn:64x2", "bpr:32", "lightgcn:16", "vae:8"), lightgcn_layers=3,
+                                          base_seed=5, vae_hidden=12, vae_kl_cap=0.3))
+    assert [name for name, _ in members] == ["lightgcn-0", "lightgcn-1", "bpr-0", "lightgcn-2", "vae-0"]
     assert members[1][1] == LightGCNConfig(dim=64, layers=3, seed=6)
     assert members[2][1] == BPRConfig(dim=32, seed=7)  # seeds run over all members
     assert members[3][1] == LightGCNConfig(dim=16, layers=3, seed=8)
+    assert members[4][1] == VAEConfig(dim=8, hidden=12, kl_cap=0.3, seed=9)  # the section's vae_* settings
     for bad in ["gcn:64", "bpr", "bpr:0", "bpr:64x0", "bpr:64y2"]:
         with pytest.raises(BadInputError):
-            parse_members([bad])
+            parse_members(TeacherConfig(members=(bad,)))
     assert set(MODELS) == {"bpr", "lightgcn", "vae"}
 
 
@@ -261,3 +270,10 @@ def test_lightgcn_gradient_matches_dense_formula():
     assert torch.allclose(out, dense @ x.detach())
     assert torch.allclose(x.grad, dense.T @ weights)  # the backward reuses the graph: it is symmetric
     assert torch.equal(dense, dense.T)
+
+
+def test_teacher_section_defaults_are_the_models_own():
+    """`teacher.vae_*` and `lightgcn_layers` feed the member configs; at their defaults a member
+    is the model's own default config, so the two places cannot drift apart unnoticed."""
+    (_, lightgcn), (_, vae) = parse_members(TeacherConfig(members=("lightgcn:8", "vae:8")))
+    assert lightgcn == LightGCNConfig(dim=8, seed=0) and vae == VAEConfig(dim=8, seed=1)

@@ -19,7 +19,6 @@ from ccd.cli import main
 from ccd.config import LakeConfig
 from ccd.continual.state import Layout
 from ccd.errors import BadInputError
-from ccd.home import Home
 from ccd.lake.ingest import ingest_block
 from ccd.locking import file_lock
 from ccd.models import BPRConfig, build_model, io

@@ -32,8 +32,11 @@ def test_first_run_pins_the_settings_that_shape_models(tmp_path):
 def test_same_settings_resume_under_any_method_and_device(tmp_path):
     home = Home.resolve(tmp_path)
     Run(home, "ccd", RunConfig(), progress=False)
-    Run(home, "finetune", RunConfig(), progress=False)
-    Run(home, "ccd", with_train(RunConfig(), device="cpu"), progress=False)
+    pinned = pin_path(home, "default").read_bytes()
+    finetune = Run(home, "finetune", RunConfig(), progress=False)
+    on_cpu = Run(home, "ccd", with_train(RunConfig(), device="cpu"), progress=False)
+    assert pin_path(home, "default").read_bytes() == pinned
+    assert finetune.config == RunConfig() and on_cpu.config.train.device == "cpu"
 
 
 def test_other_settings_under_the_same_key_are_refused_with_the_keys_named(tmp_path):

@@ -298,7 +298,7 @@ def cli(capsys, *argv):
 
 
 def test_cli_json_prints_one_object(home, capsys):
-    v1, v2 = add(home, 0.3), add(home, 0.1, block=1)
+    add(home, 0.3), add(home, 0.1, block=1)
     base = ["--home", str(home.root), "--json"]
 
     code, out, _ = cli(capsys, "registry", "promote", "student", "1", "--gate", *base)

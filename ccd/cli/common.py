@@ -18,15 +18,22 @@ def add_command(
     handler: Callable[[argparse.Namespace], int | None],
     help: str,
     reports: bool = True,
+    settings: bool = True,
+    home: bool = True,
 ) -> argparse.ArgumentParser:
-    """Add a subcommand with the options every command shares (`--home`, `--json`, `--config`)."""
+    """Add a subcommand with the options every command shares (`--home`, `--json`, `--config`).
+
+    A command offers `--config`/`--set` only when it reads settings and `--home` only when it
+    touches the home, so an option that would be ignored is refused by argparse instead."""
     parser = commands.add_parser(name, help=help, description=help)
-    parser.add_argument("--home", default=None, help="state folder (default: $CCD_HOME, else ./.ccd)")
-    parser.add_argument("--config", default=None, help="config file (JSON or TOML)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override one config value (repeatable)",
-    )
+    if home:
+        parser.add_argument("--home", default=None, help="state folder (default: $CCD_HOME, else ./.ccd)")
+    if settings:
+        parser.add_argument("--config", default=None, help="config file (JSON or TOML)")
+        parser.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+            help="override one config value (repeatable)",
+        )
     if reports:
         parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     parser.set_defaults(handler=handler)

@@ -23,9 +23,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     folder = add_command(commands, "ingest-folder", run_ingest_folder, "ingest every block_<K>.<ext> file of a folder in order")
     folder.add_argument("folder")
 
-    add_command(commands, "blocks", run_blocks, "list the blocks in the catalog")
+    add_command(commands, "blocks", run_blocks, "list the blocks in the catalog", settings=False)
 
-    validations = add_command(commands, "validations", run_validations, "list validation results, rejected blocks included")
+    validations = add_command(commands, "validations", run_validations, "list validation results, rejected blocks included", settings=False)
     validations.add_argument("--block", type=int, default=None)
 
 

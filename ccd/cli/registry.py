@@ -20,11 +20,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     listing = add_command(actions, "list", run_list, "list registered model versions")
     listing.add_argument("--name", default=None, help="only this model (e.g. student)")
 
-    show = add_command(actions, "show", run_show, "show one version and its decisions")
+    show = add_command(actions, "show", run_show, "show one version and its decisions", settings=False)
     show.add_argument("name")
     show.add_argument("ref", nargs="?", default=registry.PRODUCTION, help="version number or alias (default production)")
 
-    history = add_command(actions, "history", run_history, "the decision log: gate results, promotions, rollbacks")
+    history = add_command(actions, "history", run_history, "the decision log: gate results, promotions, rollbacks", settings=False)
     history.add_argument("name", nargs="?", default=None)
 
     promote = add_command(actions, "promote", run_promote, "make a version production (by hand, or through the gate with --gate)")
@@ -33,7 +33,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     promote.add_argument("--reason", default="manual promotion", help="recorded in the decision log")
     promote.add_argument("--gate", action="store_true", help="apply the promotion gate (config section `registry`) instead of forcing")
 
-    rollback = add_command(actions, "rollback", run_rollback, "point production back to the version it replaced")
+    rollback = add_command(actions, "rollback", run_rollback, "point production back to the version it replaced", settings=False)
     rollback.add_argument("name")
     rollback.add_argument("--reason", default="rollback", help="recorded in the decision log")
 

@@ -8,7 +8,7 @@ from ccd.cli.common import add_command, emit, home_of
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = add_command(commands, "report", run_report, "write the ops dashboard: blocks, validation, quality, models, registry")
+    parser = add_command(commands, "report", run_report, "write the ops dashboard: blocks, validation, quality, models, registry", settings=False)
     parser.add_argument("--out", default=None, help="output folder (default <home>/reports/dashboard)")
     parser.add_argument("--no-latency", action="store_true", help="skip timing each registered student's scoring")
 

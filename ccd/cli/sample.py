@@ -13,11 +13,12 @@ from ccd.lake.synthetic import write_sample
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    sample = add_command(commands, "make-sample", _make_sample, "generate the synthetic sample stream (section [sample] of the config)")
+    sample = add_command(commands, "make-sample", _make_sample, "generate the synthetic sample stream (section [sample] of the config)", home=False)
     sample.add_argument("--out", default="data/sample", help="output folder (default: data/sample)")
     sample.add_argument("--seed", type=int, default=None, help="random seed (default: sample.seed of the config)")
 
-    blocks = add_command(commands, "make-blocks", _make_blocks, "cut a raw timestamped log into a base block and incremental blocks")
+    blocks = add_command(commands, "make-blocks", _make_blocks, "cut a raw timestamped log into a base block and incremental blocks",
+                         settings=False, home=False)
     blocks.add_argument("raw", metavar="RAW_FILE", help="CSV or Parquet log with a user, an item and a timestamp column")
     blocks.add_argument("--out", required=True, help="output folder for block_0..block_N")
     blocks.add_argument("--blocks", type=int, default=5, help="incremental blocks after the base block (default: 5)")

@@ -11,7 +11,7 @@ COLUMNS = ["block", "stage", "run_key", "status", "attempts", "started_at", "sec
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = add_command(commands, "stages", run_stages, "list pipeline stages per block (done, failed, running)")
+    parser = add_command(commands, "stages", run_stages, "list pipeline stages per block (done, failed, running)", settings=False)
     parser.add_argument("--block", type=int, default=None, help="only this block")
     parser.add_argument("--run-key", default=None, help="only this run (default: all; the normal run is 'default')")
 

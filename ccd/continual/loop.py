@@ -66,6 +66,12 @@ STUDENT = "student"
 TEACHER_METHODS = ("ccd", "kd")  # methods that keep a teacher after block 0
 
 
+def block_seed(seed: int, block: int) -> int:
+    """The seed of a model's training at `block`: distinct per block, so no two blocks of a run
+    draw the same negatives, and fixed by (seed, block), so a re-run draws them again."""
+    return seed * 1000 + block
+
+
 class Run:
     """One method's run over the stream: its config, layout, device and cached block data.
 
@@ -93,7 +99,7 @@ class Run:
         pin_config(home, run_key, config)
         self.base = self.layout.base()
         self.device = pick_device(config.train.device)
-        members = parse_members(config.teacher.members, config.teacher.lightgcn_layers, config.teacher.base_seed)
+        members = parse_members(config.teacher)
         self.members = [name for name, _ in members]
         self.teacher_dim = max(member.dim for _, member in members)
         self._data: dict[int, BlockData] = {}
@@ -170,7 +176,7 @@ class Run:
         return list_pairs(ids, cap(self.config.continual.exclude_top, data.n_items), np.arange(self.data(block - 1).n_users))
 
     def seed(self, block: int) -> int:
-        return self.config.distill.seed * 1000 + block
+        return block_seed(self.config.distill.seed, block)
 
     def validator(self, block: int) -> Validator | None:
         """How a served student's epoch is chosen at `block` (`continual.select_on`): on the same
@@ -327,14 +333,14 @@ def member_stage(run: Run, block: int, name: str, collaborative: bool) -> dict[s
         sources.append((run.load(update["updated_student"]), c.teacher_student_samples))
     protected = run.protected(block, data) if collaborative else None  # KD: plain BPR, no exclusion lists
     model, result = update_member(previous, data, run.data(block - 1).train, run.config, sources, collaborative,
-                                  protected, previous.config.seed * 1000 + block, run.progress)
+                                  protected, block_seed(previous.config.seed, block), run.progress)
     return {"path": run.save(model, run.layout, block, f"{TEACHER}-{name}", result), "train": _brief(result)}
 
 
 def ensemble_stage(run: Run, block: int) -> dict[str, Any]:
     """The members' rank ensemble after block k, as top-K lists in the lake."""
     data, k = run.data(block), run.config.teacher.top_k
-    ensemble = Ensemble([run.load(run.member_path(block, name)) for name in run.members])
+    ensemble = Ensemble([run.load(run.member_path(block, name)) for name in run.members], run.config.teacher.rank_exponent)
     out_dir = run.layout.topk_dir(block)
     write_topk(ensemble.score, data.n_users, data.n_items, data.seen_train, out_dir, k, k, run.config.train.eval_batch_users, run.device)
     return {"topk_dir": run.layout.relative(out_dir)}
@@ -387,7 +393,7 @@ def evaluate_stage(run: Run, block: int) -> dict[str, Any]:
         members = [run.load(run.member_path(block, name)) for name in run.members]
         # The stored lists exclude the same seen pairs as the evaluation: their top is the ranking's.
         stored = run.config.teacher.top_k >= evaluation.CUTOFF
-        teacher = StoredTopK(run.home.root / run.topk_dir(block) / USER_TOPK, data.n_items) if stored else Ensemble(members)
+        teacher = StoredTopK(run.home.root / run.topk_dir(block) / USER_TOPK, data.n_items) if stored else Ensemble(members, run.config.teacher.rank_exponent)
         out["teacher"] = rank(teacher)
         out["teacher_params"] = sum(m.parameter_count() for m in members)
     return out

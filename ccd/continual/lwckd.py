@@ -100,8 +100,8 @@ def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.
     return indptr, cols[order].astype(np.int64)
 
 
-def similarity_graph(pairs: np.ndarray, n_rows: int, n_cols: int, degree: int = 10,
-                     min_similarity: float = 0.1, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def similarity_graph(pairs: np.ndarray, n_rows: int, n_cols: int, degree: int,
+                     min_similarity: float, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Each row's `degree` most cosine-similar other rows of a binary interaction matrix.
 
     Rows are users (pairs (user, item)) or, with the columns swapped, items. The authors search
@@ -228,8 +228,9 @@ class LwcKd:
         self.item_column = _columns(self.items, n_items)
         self.user_items = csr_from_pairs(pairs[:, 0], pairs[:, 1], n_users)
         self.item_users = csr_from_pairs(pairs[:, 1], pairs[:, 0], n_items)
-        self.user_users = similarity_graph(pairs, n_users, n_items, config.graph_degree)
-        self.item_items = similarity_graph(pairs[:, ::-1].copy(), n_items, n_users, config.graph_degree)
+        self.user_users = similarity_graph(pairs, n_users, n_items, config.graph_degree, config.graph_min_similarity)
+        self.item_items = similarity_graph(pairs[:, ::-1].copy(), n_items, n_users, config.graph_degree,
+                                           config.graph_min_similarity)
         self.active_users = torch.as_tensor(np.diff(self.user_items[0]) > 0, device=device)  # (n_users,)
         self.active_items = torch.as_tensor(np.diff(self.item_users[0]) > 0, device=device)  # (n_items,)
         # Candidates whose current rows LWC-KD's gradient may move (`ContinualConfig.lwckd_moves`).

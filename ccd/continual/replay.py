@@ -94,37 +94,6 @@ def top_items(
     return TopItems(np.asarray(users, dtype=np.int64), torch.cat(items), torch.cat(scores))
 
 
-def sample_replay(
-    reference: ScoreFn,
-    proxy: ScoreFn,
-    users: np.ndarray,
-    exclude: UserItemCSR | None,
-    n_per_user: int,
-    top: int,
-    eps: float = 1e-4,
-    seed: int = 0,
-    batch_users: int = 512,
-    device: torch.device | str = "cpu",
-) -> ReplaySet:
-    """Sample `n_per_user` replay items per user from `proxy`'s top `top` ranks.
-
-    Parameters
-    ----------
-    reference, proxy : score functions, users (B,) -> (B, n_items)
-    users : (U,) int64, the old users to replay for
-    exclude : UserItemCSR or None
-        Items removed from the proxy's ranking before sampling (the user's recent training items:
-        they are learned from data directly, so rehearsing them adds nothing). Items past the
-        proxy's width (newer than the proxy) are ignored.
-    n_per_user : items per user; 0 gives an empty set (the authors' code crashes there, B13)
-    top : only the proxy's first `top` ranks can be drawn
-    """
-    if n_per_user <= 0:
-        return ReplaySet.empty()
-    tops = top_items(proxy, users, exclude, top, batch_users, device)
-    return draw_replay(reference, [(tops, n_per_user)], eps, seed, batch_users, device)
-
-
 def draw_replay(
     reference: ScoreFn,
     sources: list[tuple[TopItems, int]],

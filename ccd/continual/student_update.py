@@ -9,7 +9,7 @@ It grows the tables for new ids with the neighbour initialisation and trains on 
 
     BPR + replay of old users' items drawn from the stability proxy S_{k-1} and (from k = 2 on)
     the plasticity proxy P_{k-1}, labelled by the proxies, weighted by how far D_{k-1} has
-    fallen behind the proxy on them (`replay.sample_replay`), annealed with temperature 10.
+    fallen behind the proxy on them (`replay.draw_replay`), annealed with temperature 10.
 
 The reference ranks come from D_{k-1}, fixed for the whole stage. The result CL_k replays into
 every teacher member (`teacher_update`).

@@ -89,7 +89,7 @@ def load_teacher(path: Path, config: RunConfig, device: Any) -> StoredTeacher:
         raise BadInputError(f"distill.de_member {wanted!r} is not a teacher member (members: {known})")
     models = list(members.values())
     params = sum(m.parameter_count() for m in models)
-    return StoredTeacher(path, "ensemble", Ensemble(models), max(m.dim for m in models), params, members[key])
+    return StoredTeacher(path, "ensemble", Ensemble(models, config.teacher.rank_exponent), max(m.dim for m in models), params, members[key])
 
 
 def distill_stored(

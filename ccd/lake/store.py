@@ -23,12 +23,6 @@ def read_block(home: Home, block: int) -> pd.DataFrame:
     return frame
 
 
-def read_blocks(home: Home, upto: int) -> pd.DataFrame:
-    """Blocks 0..upto concatenated, with a `block` column."""
-    frames = [read_block(home, k).assign(block=k) for k in range(upto + 1)]
-    return pd.concat(frames, ignore_index=True)
-
-
 def load_block_data(home: Home, block: int) -> BlockData:
     """What training and evaluation need for block k: its splits and the train history before it."""
     record = _record(home, block)
@@ -40,14 +34,6 @@ def load_block_data(home: Home, block: int) -> BlockData:
         n_items=record.n_items,
         history=np.concatenate(history) if history else np.zeros((0, 2), np.int64),
     )
-
-
-def latest_block(home: Home) -> int:
-    """Number of the newest ingested block; `CcdError` if the lake is empty."""
-    blocks = catalog.list_blocks(home)
-    if not blocks:
-        raise CcdError(f"the lake in {home.root} is empty: ingest a block first (ccd ingest FILE --block 0)")
-    return blocks[-1].block
 
 
 def _train_pairs(frame: pd.DataFrame) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ccd.config import TeacherConfig
 from ccd.errors import BadInputError
 from ccd.models.base import Batch, Recommender
 from ccd.models.bpr import BPRConfig, BPRMF
@@ -44,21 +45,27 @@ def build_model(config: Any, n_users: int, n_items: int) -> Recommender:
     return MODELS[kind_of(config)](config, n_users, n_items)
 
 
-def parse_members(specs: list[str] | tuple[str, ...], lightgcn_layers: int = 2, base_seed: int = 0) -> list[tuple[str, Any]]:
-    """Named member configs from compact specs `kind:dim[xcount]`.
+def parse_members(teacher: TeacherConfig) -> list[tuple[str, Any]]:
+    """Named member configs from the compact specs `kind:dim[xcount]` of `teacher.members`.
 
     Member j of a kind (counted over all specs) is named `<kind>-<j>`; the n-th member overall
-    is seeded `base_seed + n`, so no two members share a seed (a BPR-MF and a LightGCN with
-    the same seed would start from identical tables and see identical batches).
+    is seeded `teacher.base_seed + n`, so no two members share a seed (a BPR-MF and a LightGCN
+    with the same seed would start from identical tables and see identical batches). The
+    section's per-kind settings (`lightgcn_layers`, `vae_*`) go to every member of that kind.
 
     Example
     -------
-    >>> [name for name, _ in parse_members(["lightgcn:64x2", "bpr:32"])]
+    >>> [name for name, _ in parse_members(TeacherConfig(members=("lightgcn:64x2", "bpr:32")))]
     ['lightgcn-0', 'lightgcn-1', 'bpr-0']
     """
+    per_kind = {
+        "lightgcn": {"layers": teacher.lightgcn_layers},
+        "vae": {"hidden": teacher.vae_hidden, "dropout": teacher.vae_dropout, "kl_cap": teacher.vae_kl_cap,
+                "kl_anneal_steps": teacher.vae_kl_anneal_steps},
+    }
     members: list[tuple[str, Any]] = []
     counts: dict[str, int] = {}
-    for spec in specs:
+    for spec in teacher.members:
         match = _MEMBER.match(spec.strip())
         if not match or match["kind"] not in MODELS or int(match["dim"]) < 1 or match["count"] == "0":
             raise BadInputError(
@@ -68,8 +75,6 @@ def parse_members(specs: list[str] | tuple[str, ...], lightgcn_layers: int = 2, 
         for _ in range(int(match["count"] or 1)):
             j = counts.get(kind, 0)
             counts[kind] = j + 1
-            values: dict[str, Any] = {"dim": dim, "seed": base_seed + len(members)}
-            if kind == "lightgcn":
-                values["layers"] = lightgcn_layers
+            values = {"dim": dim, "seed": teacher.base_seed + len(members), **per_kind.get(kind, {})}
             members.append((f"{kind}-{j}", MODELS[kind].Config(**values)))
     return members

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ class Recommender(nn.Module, ABC):
     batch_kind: ClassVar[Literal["pairs", "users"]] = "pairs"
     uses_interactions: ClassVar[bool] = True
 
-    def __init__(self, config, n_users: int, n_items: int) -> None:
+    def __init__(self, config: Any, n_users: int, n_items: int) -> None:  # the kind's Config dataclass
         super().__init__()
         if n_users < 1 or n_items < 1:
             raise ValueError(f"a model needs at least one user and one item, got {n_users} x {n_items}")

@@ -7,7 +7,6 @@ threads in tests/test_stages.py; here are the gate and the lake.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
