@@ -137,3 +137,17 @@ def test_one_flipped_byte_in_a_registered_model_fails_its_load(home, file):
     if file == io.WEIGHTS:
         with pytest.raises(io.ModelFileError, match="SHA-256"):
             io.load(folder)
+
+
+@pytest.mark.parametrize("argv", [
+    ["blocks", "--home", "HOME", "--set", "train.lr=0.1"],  # lists the lake: reads no settings
+    ["stages", "--home", "HOME", "--config", "settings.toml"],
+    ["make-blocks", "log.csv", "--out", "OUT", "--home", "HOME"],  # writes only its --out folder
+    ["make-sample", "--out", "OUT", "--home", "HOME"],
+])
+def test_options_a_command_would_ignore_are_refused(tmp_path, capsys, argv):
+    argv = [{"HOME": str(tmp_path / "home"), "OUT": str(tmp_path / "out")}.get(a, a) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
