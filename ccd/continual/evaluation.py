@@ -82,12 +82,20 @@ def gate_metrics(block_summary: Mapping[str, Any]) -> dict[str, float]:
 
 
 def plot_hmean(series: Mapping[str, Sequence[tuple[int, float]]], path: Path, title: str) -> Path:
-    """Line plot of H-mean (Recall@20) over blocks, one line per named series, as PNG."""
+    """Line plot of H-mean (Recall@20) over blocks, one line per named series, as PNG.
+
+    A series named "<method> teacher" is dashed in the colour of "<method> student", so each
+    method reads as one colour and its two lines are told apart by the dash."""
     def draw(axes) -> None:
+        colours: dict[str, Any] = {}
         for name, points in series.items():
             if points:
                 blocks, values = zip(*points)
-                axes.plot(blocks, values, marker="o", linestyle="--" if name.endswith("teacher") else "-", label=name)
+                method, _, side = name.rpartition(" ")
+                key = method if side in ("student", "teacher") else name
+                line, = axes.plot(blocks, values, marker="o", linestyle="--" if side == "teacher" else "-",
+                                  color=colours.get(key), label=name)
+                colours.setdefault(key, line.get_color())
         axes.grid(alpha=0.3)
 
     return _plot(draw, path, title, "H-mean of LA and RA (Recall@20)")
@@ -138,13 +146,15 @@ def _plot(draw: Callable[[Any], None], path: Path, title: str, ylabel: str) -> P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    figure, axes = plt.subplots(figsize=(8.0, 4.0))
     draw(axes)
+    axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # blocks are whole
     axes.set_xlabel("block")
     axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.legend(fontsize="small")
+    axes.set_title(title, fontsize="medium")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the lines, never over them
     figure.tight_layout()
     write_with(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=100))
     plt.close(figure)
