@@ -37,15 +37,23 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
 
-    teachers = {label for label in args.teachers.split(",") if label}
+    teachers = {label.strip() for label in args.teachers.split(",") if label.strip()}
     series: dict[str, Series] = {}
     for entry in args.runs.split(","):
-        label, _, run = entry.partition("=")
+        label, _, run = (part.strip() for part in entry.partition("="))
         method, _, run_key = run.partition(":")
-        report = json.loads(report_path(args.home, method, run_key or DEFAULT_RUN_KEY).read_text())
+        path = report_path(args.home, method, run_key or DEFAULT_RUN_KEY)
+        if not path.exists():
+            parser.error(f"no finished report for {entry.strip()!r}: {path}")
+        report = json.loads(path.read_text())
         series[f"{label} student"] = hmean_points(report["student"]["blocks"])
         if label in teachers:
+            if not report.get("teacher"):
+                parser.error(f"{label!r} ({method}) keeps no teacher: leave it out of --teachers")
             series[f"{label} teacher"] = hmean_points(report["teacher"]["blocks"])
+            teachers.discard(label)
+    if teachers:
+        parser.error(f"--teachers names labels not in --runs: {', '.join(sorted(teachers))}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     print(plot_hmean(series, args.out, args.title))
 

@@ -96,7 +96,8 @@ def train_teacher(
         **_metrics(valid, test),
     }
     report = {"block": block, "members": rows, "ensemble": ensemble_row, "topk": {k: str(v) for k, v in topk.items()}}
-    write_text(out_dir / "teacher.json", json.dumps({**report, "member_dirs": [member_dir_name(n) for n, _ in members]}, indent=2) + "\n")
+    built = {"member_dirs": [member_dir_name(n) for n, _ in members], "rank_exponent": config.teacher.rank_exponent}
+    write_text(out_dir / "teacher.json", json.dumps({**report, **built}, indent=2) + "\n")
     return report
 
 

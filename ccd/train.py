@@ -278,7 +278,7 @@ class _Best:
 
     def offer(self, score: float, epoch: int, metrics: dict[str, float], model: Recommender) -> bool:
         """Keep `model`'s state when `score` beats the best so far; whether it did."""
-        if score <= self.score:
+        if not score > self.score:  # a NaN score never counts as better
             return False
         self.score, self.epoch, self.metrics = score, epoch, metrics
         self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}

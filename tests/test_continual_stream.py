@@ -193,6 +193,22 @@ def test_retrain_a_block_under_a_new_run_key(ccd_home, tmp_path):
     assert {s.block for s in list_stages(home, run_key="r1")} == {2}
 
 
+def test_block_zero_teacher_is_shared_so_other_teacher_settings_are_refused_there(ccd_home, tmp_path, capsys):
+    home = copy_home(ccd_home, tmp_path)
+    # members' weights and the ensemble's lists (not teacher.json, the report of the last build)
+    teacher = sorted(p for p in (home.models / "block=0").rglob("*")
+                     if p.is_file() and "teacher" in str(p) and p.name != "teacher.json")
+    earlier = [p.read_bytes() for p in teacher]
+    argv = ["stream", "--method", "kd", "--home", str(home.root), "--blocks", "1", "--json", *SETS]
+    assert main([*argv, "--run-key", "r2", "--set", "teacher.rank_exponent=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "trained by run key 'default'" in err and "teacher.rank_exponent" in err and "--from-block 1" in err
+    # the same teacher settings under a new key reuse block 0's members as they are
+    assert main([*argv, "--run-key", "r3", "--set", "distill.n_uninteresting=30"]) == 0
+    capsys.readouterr()
+    assert teacher and [p.read_bytes() for p in teacher] == earlier
+
+
 def test_stream_selection_records_the_earlier_blocks_score(ccd_home, tmp_path):
     """`continual.select_on=stream`: a baseline student's epoch is chosen on the H of its block's
     and the earlier blocks' valid Recall@20, and the stage records both."""

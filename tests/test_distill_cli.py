@@ -12,7 +12,8 @@ import torch
 
 from ccd.cli import main
 from ccd.cli.common import show_progress
-from ccd.config import LakeConfig
+from ccd.config import LakeConfig, RunConfig
+from ccd.distill.run import load_teacher
 from ccd.home import Home
 from ccd.lake.ingest import ingest_block
 from ccd.models import io as model_io
@@ -95,3 +96,13 @@ def test_progress_bars_with_json_only_on_a_terminal(monkeypatch, json_mode, term
     """stdout keeps its one JSON object either way; bars go to stderr, where a person watches."""
     monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal, raising=False)
     assert show_progress(argparse.Namespace(json=json_mode)) is shown
+
+
+def test_the_ensemble_is_rebuilt_with_the_exponent_its_lists_were_written_with(home_with_teacher):
+    """`ccd distill` reads the teacher's lists and re-ranks with its members: both must be the
+    same ensemble whatever `teacher.rank_exponent` the distill command is given."""
+    folder = home_with_teacher.model_dir(0, "teacher")
+    built = json.loads((folder / "teacher.json").read_text())
+    assert built["rank_exponent"] == 0.05
+    other = RunConfig.load(None, ["teacher.rank_exponent=0.5"])
+    assert load_teacher(folder, other, "cpu").scorer.exponent == 0.05

@@ -154,7 +154,8 @@ def _plot(draw: Callable[[Any], None], path: Path, title: str, ylabel: str) -> P
     axes.set_xlabel("block")
     axes.set_ylabel(ylabel)
     axes.set_title(title, fontsize="medium")
-    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the lines, never over them
+    if axes.get_legend_handles_labels()[0]:  # a run of block 0 alone has no H yet
+        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the lines, never over them
     figure.tight_layout()
     write_with(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=100))
     plt.close(figure)

@@ -41,7 +41,7 @@ from ccd.continual.baselines import finetune_student, lwckd_student, retrain_stu
 from ccd.continual.distill_stage import distill_block
 from ccd.continual.exclusion import cap, list_pairs
 from ccd.continual.gate_baseline import as_served, rescored_metrics
-from ccd.continual.pinned_config import pin_config
+from ccd.continual.pinned_config import check_shared_teacher, pin_config
 from ccd.continual.state import BASE, METHODS, Layout
 from ccd.continual.student_update import make_proxies, update_student
 from ccd.continual.selection import stream_validator
@@ -274,13 +274,23 @@ def base_block(run: Run) -> None:
 
 
 def _base_member(run: Run, name: str) -> dict[str, Any]:
+    _check_shared_teacher(run)
     row = train_member(run.home, 0, name, run.config, progress=run.progress)
     return {"path": run.base.relative(run.home.model_dir(0, member_dir_name(name))), "report": row}
 
 
 def _base_ensemble(run: Run) -> dict[str, Any]:
+    _check_shared_teacher(run)
     report = train_teacher(run.home, 0, run.config, progress=run.progress)  # members are reused, not retrained
     return {"topk_dir": run.base.relative(run.home.model_dir(0, TEACHER)), "ensemble": report["ensemble"]}
+
+
+def _check_shared_teacher(run: Run) -> None:
+    """Block 0's teacher is one per home: refuse to retrain it under other settings than the run
+    keys that already finished it (`pinned_config.check_shared_teacher`)."""
+    trained_by = {r.run_key for r in stages.list_stages(run.home, block=0)
+                  if r.status == "done" and r.stage.startswith(f"{BASE}-{TEACHER}")}
+    check_shared_teacher(run.home, run.run_key, run.config, sorted(trained_by))
 
 
 # --- CCD and KD blocks

@@ -98,6 +98,31 @@ def pin_config(home: Home, run_key: str, config: RunConfig) -> None:
         )
 
 
+def check_shared_teacher(home: Home, run_key: str, config: RunConfig, trained_by: list[str]) -> None:
+    """Refuse to train block 0's teacher under settings other than those it was trained with.
+
+    Block 0's members and ensemble lists live once per home (`models/block=0/teacher*`), shared
+    by every run key, so a key that retrained them under other settings would overwrite what the
+    runs in `trained_by` (keys with finished block-0 teacher stages) recorded and evaluated.
+    Only the sections that shape them count: `train` (the device aside) and `teacher`.
+    """
+    wanted = pinned_settings(config)
+    for other in trained_by:
+        if other == run_key or not pin_path(home, other).exists():
+            continue
+        theirs = with_added_settings(json.loads(pin_path(home, other).read_text(encoding="utf-8")))
+        changed = [f"{section}.{key}" for section in ("train", "teacher")
+                   for key in sorted(set(wanted[section]) | set(theirs[section]))
+                   if wanted[section].get(key) != theirs[section].get(key)]
+        if changed:
+            raise BadInputError(
+                f"block 0's teacher in this home was trained by run key {other!r} with other settings "
+                f"(differing: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}), and every run key "
+                f"shares it: start run key {run_key!r} at block 1 (--from-block 1) to build on it, "
+                f"or use another home for another block-0 teacher"
+            )
+
+
 def _create_once(path: Path, text: str) -> None:
     """Write `path` unless another run created it first (link() never overwrites).
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccd.config import RunConfig
+from ccd.config import RunConfig, TeacherConfig
 from ccd.data import BlockData
 from ccd.distill.compare import describe, ratios
 from ccd.distill.trainer import METHODS, TeacherSignal, distill
@@ -80,7 +80,10 @@ def load_teacher(path: Path, config: RunConfig, device: Any) -> StoredTeacher:
         return StoredTeacher(path, model.kind, model, model.dim, model.parameter_count(), model)
     if not (path / USER_TOPK).exists() or not (path / "teacher.json").exists():
         raise BadInputError(f"no teacher in {path}: train one first (ccd train-teacher --block K) or pass --teacher MODEL_DIR")
-    member_dirs = json.loads((path / "teacher.json").read_text())["member_dirs"]
+    built = json.loads((path / "teacher.json").read_text())
+    member_dirs = built["member_dirs"]
+    # The exponent the lists were written with (folders from before it was recorded: the default).
+    exponent = built.get("rank_exponent", TeacherConfig.rank_exponent)
     members = {name: io.load(path.parent / name, device) for name in member_dirs}
     wanted = config.distill.de_member
     key = f"{TEACHER_DIR}-{wanted}" if wanted else member_dirs[0]
@@ -89,7 +92,7 @@ def load_teacher(path: Path, config: RunConfig, device: Any) -> StoredTeacher:
         raise BadInputError(f"distill.de_member {wanted!r} is not a teacher member (members: {known})")
     models = list(members.values())
     params = sum(m.parameter_count() for m in models)
-    return StoredTeacher(path, "ensemble", Ensemble(models, config.teacher.rank_exponent), max(m.dim for m in models), params, members[key])
+    return StoredTeacher(path, "ensemble", Ensemble(models, exponent), max(m.dim for m in models), params, members[key])
 
 
 def distill_stored(
