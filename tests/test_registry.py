@@ -313,6 +313,8 @@ def test_cli_json_prints_one_object(home, capsys):
     assert [v["version"] for v in json.loads(cli(capsys, "registry", "list", *base)[1])["versions"]] == [1, 2]
     assert json.loads(cli(capsys, "registry", "show", "student", *base)[1])["version"]["version"] == 1
 
+    code, _, err = cli(capsys, "registry", "promote", "student", "2", "--set", "registry.tolerance=1", *base)
+    assert code == 2 and "only with --gate" in err  # settings a forced promotion would ignore
     code, out, _ = cli(capsys, "registry", "promote", "student", "2", "--reason", "override", *base)
     assert code == 0 and json.loads(out)["production"] == 2
     code, out, _ = cli(capsys, "registry", "rollback", "student", *base)

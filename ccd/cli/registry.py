@@ -7,6 +7,7 @@ import json
 
 from ccd import registry
 from ccd.cli.common import add_command, config_of, emit, home_of, table
+from ccd.errors import BadInputError
 from ccd.home import Home
 from ccd.registry import Decision, ModelVersion
 
@@ -69,6 +70,8 @@ def run_promote(args: argparse.Namespace) -> int:
     home = home_of(args)
     if args.gate:
         decision = registry.propose(home, args.name, args.version, config_of(args).registry)
+    elif args.config or args.overrides:
+        raise BadInputError("--config and --set give the gate's settings: they apply only with --gate")
     else:
         decision = registry.promote(home, args.name, args.version, args.reason)
     _report(args, home, decision)
