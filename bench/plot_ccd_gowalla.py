@@ -18,14 +18,11 @@ import json
 from pathlib import Path
 
 from ccd.continual.evaluation import hmean_points, plot_hmean
-from ccd.continual.state import DEFAULT_RUN_KEY
+from ccd.continual.state import Layout
+from ccd.home import Home
+from ccd.stages import DEFAULT_RUN_KEY
 
 Series = list[tuple[int, float]]
-
-
-def report_path(home: Path, method: str, run_key: str) -> Path:
-    folder = home / "reports" / "stream" / method
-    return (folder if run_key == DEFAULT_RUN_KEY else folder / f"run={run_key}") / "metrics.json"
 
 
 def main() -> None:
@@ -42,7 +39,7 @@ def main() -> None:
     for entry in args.runs.split(","):
         label, _, run = (part.strip() for part in entry.partition("="))
         method, _, run_key = run.partition(":")
-        path = report_path(args.home, method, run_key or DEFAULT_RUN_KEY)
+        path = Layout(Home(args.home), method, run_key or DEFAULT_RUN_KEY).report_dir / "metrics.json"
         if not path.exists():
             parser.error(f"no finished report for {entry.strip()!r}: {path}")
         report = json.loads(path.read_text())

@@ -66,11 +66,7 @@ def run_settings(home: Home, run_key: str, changes: dict[str, Any]) -> RunConfig
     The base is what `run_key` was pinned with, else (a new key) what the default run was pinned
     with, else the defaults.
     """
-    base: dict[str, Any] = {}
-    for key in dict.fromkeys((run_key, DEFAULT_RUN_KEY)):
-        if pin_path(home, key).exists():
-            base = with_added_settings(json.loads(pin_path(home, key).read_text(encoding="utf-8")))
-            break
+    base = next(filter(None, (read_pin(home, key) for key in (run_key, DEFAULT_RUN_KEY))), {})
     merged = {section: {**base.get(section, {}), **changes.get(section, {})} for section in {*base, *changes}}
     return RunConfig.from_dict(merged)
 
@@ -81,20 +77,11 @@ def pin_config(home: Home, run_key: str, config: RunConfig) -> None:
     wanted = pinned_settings(config)
     if not path.exists():
         _create_once(path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
-    # A setting added to the code after the run was pinned counts as the code before it behaved,
-    # so an upgrade does not strand the runs already under way.
-    pinned = with_added_settings(json.loads(path.read_text(encoding="utf-8")))
-    changed = [
-        f"{section}.{key}"
-        for section in PINNED_SECTIONS
-        for key in sorted(set(wanted[section]) | set(pinned[section]))
-        if wanted[section].get(key) != pinned[section].get(key)
-    ]
+    changed = differing(wanted, read_pin(home, run_key), PINNED_SECTIONS)
     if changed:
         raise BadInputError(
-            f"run key {run_key!r} was started with other settings (differing: {', '.join(changed[:5])}"
-            f"{' ...' if len(changed) > 5 else ''}; see {path}): pass the same config, "
-            f"or a new --run-key to train under the new settings"
+            f"run key {run_key!r} was started with other settings (differing: {changed}; see {path}): "
+            f"pass the same config, or a new --run-key to train under the new settings"
         )
 
 
@@ -107,20 +94,30 @@ def check_shared_teacher(home: Home, run_key: str, config: RunConfig, trained_by
     Only the sections that shape them count: `train` (the device aside) and `teacher`.
     """
     wanted = pinned_settings(config)
-    for other in trained_by:
-        if other == run_key or not pin_path(home, other).exists():
-            continue
-        theirs = with_added_settings(json.loads(pin_path(home, other).read_text(encoding="utf-8")))
-        changed = [f"{section}.{key}" for section in ("train", "teacher")
-                   for key in sorted(set(wanted[section]) | set(theirs[section]))
-                   if wanted[section].get(key) != theirs[section].get(key)]
+    for other in (key for key in trained_by if key != run_key):
+        theirs = read_pin(home, other)
+        changed = differing(wanted, theirs, ("train", "teacher")) if theirs is not None else ""
         if changed:
             raise BadInputError(
                 f"block 0's teacher in this home was trained by run key {other!r} with other settings "
-                f"(differing: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}), and every run key "
-                f"shares it: start run key {run_key!r} at block 1 (--from-block 1) to build on it, "
-                f"or use another home for another block-0 teacher"
+                f"(differing: {changed}), and every run key shares it: start run key {run_key!r} at block 1 "
+                f"(--from-block 1) to build on it, or use another home for another block-0 teacher"
             )
+
+
+def read_pin(home: Home, run_key: str) -> dict[str, Any] | None:
+    """The settings `run_key` was pinned with, the ones added since at `with_added_settings`
+    (so an upgrade does not strand the runs under way); None for a key never pinned."""
+    path = pin_path(home, run_key)
+    return with_added_settings(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else None
+
+
+def differing(wanted: dict[str, Any], pinned: dict[str, Any], sections: tuple[str, ...]) -> str:
+    """The `section.key` names whose values differ, the first five, for an error message ("" if none)."""
+    changed = [f"{section}.{key}" for section in sections
+               for key in sorted(set(wanted[section]) | set(pinned[section]))
+               if wanted[section].get(key) != pinned[section].get(key)]
+    return ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
 
 
 def _create_once(path: Path, text: str) -> None:
