@@ -149,5 +149,7 @@ def test_options_a_command_would_ignore_are_refused(tmp_path, capsys, argv):
     argv = [{"HOME": str(tmp_path / "home"), "OUT": str(tmp_path / "out")}.get(a, a) for a in argv]
     with pytest.raises(SystemExit) as exit_:
         main(argv)
-    assert exit_.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "unrecognized arguments" in err
+    assert len(err.splitlines()) == 1 and err.endswith("(see ccd --help)\n")  # one line, no usage block
     assert not any(tmp_path.iterdir())  # refused before anything was written

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import NoReturn
 
 from ccd.cli import distill, lake, models, sample, registry, report, serve, stages, stream
 from ccd.errors import CcdError
@@ -17,8 +18,16 @@ from ccd.errors import CcdError
 COMMAND_MODULES = [lake, sample, registry, models, distill, stages, serve, report, stream]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a refused command line gives one line on stderr, as the CLI's other errors
+    do, pointing to `--help` instead of printing the usage block. Subcommands inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ccd", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="ccd", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
