@@ -277,6 +277,10 @@ class ContinualConfig:
     # Epochs between redraws of the replay set (spec: redrawn at epoch 5); the teacher's
     # reference ranks are its current state at each redraw.
     replay_resample_every: int = 5
+    # Users per chunk when the replay ranks sources and reference. Part of the draw, not only of
+    # its speed: each chunk consumes the seeded generator in turn, so another size draws other
+    # pairs (recorded runs used 512).
+    replay_batch_users: int = 512
     # Each old user's top items under the previous models and proxies are never BPR negatives
     # (the spec's exclusion lists), so BPR does not push down what replay pulls up. 0: off.
     exclude_top: int = 40

@@ -13,7 +13,7 @@ item's top-K users; `write_topk` streams over user chunks and writes just those 
 Example
 -------
 >>> teacher = Ensemble([lightgcn_0, lightgcn_1, bpr_0], exponent=0.05)   # teacher.rank_exponent
->>> write_topk(teacher.score, n_users, n_items, block.seen_train, out_dir)
+>>> write_topk(teacher.score, n_users, n_items, block.seen_train, out_dir, 100, 100, 1024)  # k_user, k_item, batch_users
 >>> items, scores = read_topk(out_dir / "user_topk.parquet")   # (n_users, 100) each
 """
 
@@ -154,9 +154,9 @@ def write_topk(
     n_items: int,
     exclude: np.ndarray,
     out_dir: Path,
-    k_user: int = 100,
-    k_item: int = 100,
-    batch_users: int = 1024,
+    k_user: int,
+    k_item: int,
+    batch_users: int,
     device: torch.device | str | None = None,
 ) -> dict:
     """Write each user's top items and each item's top users as Parquet, atomically.

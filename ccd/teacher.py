@@ -9,6 +9,11 @@ of retrained, so a re-run after a crash only does the missing work. The ensemble
 (`ccd.ensemble.Ensemble`, mean of rank-transformed scores) is then evaluated and its top-K lists
 are written to `models/block=K/teacher/` (`user_topk.parquet`, `item_topk.parquet`,
 `teacher.json`) for distillation.
+
+Block 0's folders are also the stream's shared block-0 teacher (`ccd.continual.loop`). Once a
+finished stage has recorded a folder as its output, later stages and reports read it, so a
+member there is never retrained (`--retrain`, or other settings) and the lists are never
+rewritten from other settings: that is refused, and another home holds another teacher.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ccd import stages
 from ccd.atomic import write_text
 from ccd.config import RunConfig
 from ccd.data import BlockData
@@ -83,11 +89,13 @@ def train_teacher(
         models.append(model)
         rows.append(row)
 
+    out_dir = home.model_dir(block, TEACHER)
+    k = config.teacher.top_k
+    built = {"member_dirs": [member_dir_name(n) for n, _ in members], "rank_exponent": config.teacher.rank_exponent, "top_k": k}
+    _check_lists_unchanged(home, block, out_dir, built)
     ensemble = Ensemble(models, config.teacher.rank_exponent)
     evaluate = lambda truth: rank_metrics(ensemble.score, truth, data.seen_train, data.n_items, ks=(20,), batch_users=config.train.eval_batch_users, device=device)
     valid, test = evaluate(data.valid), evaluate(data.test)
-    out_dir = home.model_dir(block, TEACHER)
-    k = config.teacher.top_k
     topk = write_topk(ensemble.score, data.n_users, data.n_items, data.seen_train, out_dir, k, k, config.train.eval_batch_users, device)
     ensemble_row = {
         "member": TEACHER,
@@ -96,7 +104,6 @@ def train_teacher(
         **_metrics(valid, test),
     }
     report = {"block": block, "members": rows, "ensemble": ensemble_row, "topk": {k: str(v) for k, v in topk.items()}}
-    built = {"member_dirs": [member_dir_name(n) for n, _ in members], "rank_exponent": config.teacher.rank_exponent}
     write_text(out_dir / "teacher.json", json.dumps({**report, **built}, indent=2) + "\n")
     return report
 
@@ -135,10 +142,39 @@ def _fit_or_load(
     if saved is not None:
         model, row = io.load(folder, device), {**saved["metadata"]["report"], "status": "reused"}
     else:
+        users = recorded_by(home, block, folder) if (folder / io.META).exists() else []
+        if users:
+            why = "--retrain" if retrain else "other settings than it was trained with"
+            raise BadInputError(
+                f"teacher member {name} of block {block} is recorded by the stream's run key(s) {', '.join(users)}; "
+                f"retraining it ({why}) would change their results: use another --home for another teacher"
+            )
         model, row = _train_member(name, model_config, data, config, progress, callback)
         io.save(model, folder, {"block": block, "fingerprint": fingerprint, "report": row, "run_config": config.to_dict()})
     log.info("teacher member %s: %s", name, row)
     return model, row
+
+
+def recorded_by(home: Home, block: int, folder: Path) -> list[str]:
+    """Run keys with a finished stage of `block` that recorded `folder` as an output."""
+    relative = Path(folder).resolve().relative_to(home.root).as_posix()
+    return sorted({r.run_key for r in stages.list_stages(home, block=block)
+                   if r.status == "done" and relative in (r.outputs or {}).values()})
+
+
+def _check_lists_unchanged(home: Home, block: int, out_dir: Path, built: dict[str, Any]) -> None:
+    """Refuse to rewrite lists a finished stage recorded from other members, exponent or K."""
+    path = out_dir / "teacher.json"
+    users = recorded_by(home, block, out_dir) if path.exists() else []
+    if not users:
+        return
+    before = json.loads(path.read_text(encoding="utf-8"))
+    changed = [key for key in built if key in before and before[key] != built[key]]
+    if changed:
+        raise BadInputError(
+            f"the teacher lists of block {block} are recorded by the stream's run key(s) {', '.join(users)}; "
+            f"rewriting them with another {', '.join(changed)} would change their results: use another --home"
+        )
 
 
 def _train_member(name: str, model_config: Any, data: BlockData, config: RunConfig, progress: bool, callback: Callback | None) -> tuple[Recommender, dict[str, Any]]:

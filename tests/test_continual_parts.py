@@ -34,9 +34,9 @@ def test_blend_state_needs_the_same_tables():
 
 
 def test_replay_weight_schedule():
-    assert replay_weight(0) == 0.5
-    assert math.isclose(replay_weight(10), 0.5 / math.e)
-    assert math.isclose(replay_weight(5, temperature=5.0), 0.5 / math.e)
+    assert replay_weight(0, initial=0.5, temperature=10.0) == 0.5
+    assert math.isclose(replay_weight(10, initial=0.5, temperature=10.0), 0.5 / math.e)
+    assert math.isclose(replay_weight(5, initial=0.5, temperature=5.0), 0.5 / math.e)
 
 
 def _table_scores(table: torch.Tensor):
@@ -49,8 +49,8 @@ def test_replay_draws_only_from_proxy_top_and_never_excluded_items():
     reference_table = torch.randn(20, 50)
     best = proxy_table.argmax(dim=1).numpy()
     exclude = UserItemCSR.from_pairs(np.stack([np.arange(20), best], axis=1), n_users=20)
-    tops = top_items(_table_scores(proxy_table), np.arange(20), exclude, top=6)
-    replay = draw_replay(_table_scores(reference_table), [(tops, 3)], seed=1)
+    tops = top_items(_table_scores(proxy_table), np.arange(20), exclude, top=6, batch_users=512)
+    replay = draw_replay(_table_scores(reference_table), [(tops, 3)], eps=1e-4, seed=1, batch_users=512)
     assert len(replay) == 60
     for u, i, y in zip(replay.users, replay.items, replay.labels):
         row = proxy_table[u].clone()
@@ -67,16 +67,16 @@ def test_replay_prefers_items_the_reference_forgot():
     proxy = torch.linspace(1, 0, n_items).repeat(200, 1)          # proxy ranks items 0..9 on top
     reference = torch.linspace(0, 1, n_items).repeat(200, 1)      # reference ranks item 0 last
     reference[:, 9] = 10.0                                         # ... and item 9 first
-    tops = top_items(_table_scores(proxy), np.arange(200), None, top=10)
-    replay = draw_replay(_table_scores(reference), [(tops, 1)], eps=5e-3, seed=0)
+    tops = top_items(_table_scores(proxy), np.arange(200), None, top=10, batch_users=512)
+    replay = draw_replay(_table_scores(reference), [(tops, 1)], eps=5e-3, seed=0, batch_users=512)
     counts = np.bincount(replay.items, minlength=10)
     # weight ratio of item 0 (forgotten: reference rank ~999) to item 9 (kept: rank 0) is e^5
     assert counts[0] > 10 and counts[9] <= 2
 
 
 def test_replay_zero_samples_is_empty_and_merge_keeps_max_label():
-    tops = top_items(_table_scores(torch.zeros(3, 5)), np.arange(3), None, top=5)
-    assert len(draw_replay(None, [(tops, 0)])) == 0
+    tops = top_items(_table_scores(torch.zeros(3, 5)), np.arange(3), None, top=5, batch_users=512)
+    assert len(draw_replay(None, [(tops, 0)], eps=1e-4, seed=0, batch_users=512)) == 0
     a = ReplaySet(np.array([0, 1]), np.array([5, 6]), np.array([0.2, 0.9], np.float32))
     b = ReplaySet(np.array([0, 2]), np.array([5, 7]), np.array([0.7, 0.1], np.float32))
     merged = merge_replay([a, b, ReplaySet.empty()])
@@ -94,7 +94,7 @@ def test_contrastive_kd_loss_matches_direct_formula():
     assert torch.allclose(loss, expected)
     loss.backward()
     assert torch.isfinite(candidates.grad).all()
-    empty = contrastive_kd_loss(anchors, candidates, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    empty = contrastive_kd_loss(anchors, candidates, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), tau=2.0)
     assert empty.item() == 0.0
 
 

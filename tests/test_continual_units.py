@@ -113,7 +113,7 @@ def test_lwckd_reads_previous_embeddings_by_id_not_by_position(moves):
     previous = BPRMF(BPRConfig(dim=3, seed=1), n_users=6, n_items=8)
     previous_train = np.array([[1, 2], [1, 7], [4, 5], [4, 7]])
     model = clone(previous)
-    model.grow(7, 9, np.array([[6, 8], [4, 8]]), init="random")
+    model.grow(7, 9, np.array([[6, 8], [4, 8]]), init="random", k=20)
     with torch.no_grad():
         model.user_emb.add_(torch.randn_like(model.user_emb))
         model.item_emb.add_(torch.randn_like(model.item_emb))
@@ -177,7 +177,7 @@ def test_replay_loss_chunks_labels_annealing_and_redraws():
     replay = ReplaySet(np.array([0, 1, 2, 3, 4]), np.array([1, 2, 3, 4, 5]), np.array([0.9, 0.8, 0.1, 0.5, 0.7], np.float32))
     draws = []
     loss = ReplayLoss(model, lambda epoch: draws.append(epoch) or replay, steps_per_epoch=2, weight=0.5, temperature=10.0,
-                      resample_every=5)
+                      resample_every=5, seed=0, form="bce")
     batch = _pair_batch([0, 1, 2, 3], [0, 0, 0, 0])
     users, items = model.user_emb.detach(), model.item_emb.detach()
     for epoch in range(1, 8):
@@ -198,14 +198,14 @@ def test_bpr_replay_ranks_each_pair_above_a_random_item_weighted_by_its_label():
     tied = BPRMF(BPRConfig(dim=4, seed=0), n_users=5, n_items=6)
     with torch.no_grad():
         tied.item_emb.copy_(torch.ones(6, 4))  # every item scores alike: any random item is a tie
-    loss = ReplayLoss(tied, lambda epoch: replay, steps_per_epoch=1, weight=0.5, temperature=10.0, seed=3, form="bpr")
+    loss = ReplayLoss(tied, lambda epoch: replay, steps_per_epoch=1, weight=0.5, temperature=10.0, resample_every=5, seed=3, form="bpr")
     loss.start_epoch(1)
     # a tie costs log 2 per pair, weighted by its label, summed, scaled by 0.5 and over B = 2
     assert math.isclose(loss.loss(batch).item(), 0.5 * (0.9 + 0.8 + 0.0) * math.log(2) / 2, rel_tol=1e-5)
 
     model = BPRMF(BPRConfig(dim=4, seed=0), n_users=5, n_items=6)
     idle_user = model.user_emb[2].detach().clone()
-    loss = ReplayLoss(model, lambda epoch: replay, steps_per_epoch=1, weight=0.5, temperature=1e9, seed=3, form="bpr")
+    loss = ReplayLoss(model, lambda epoch: replay, steps_per_epoch=1, weight=0.5, temperature=1e9, resample_every=5, seed=3, form="bpr")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     for epoch in range(1, 201):  # the replay term alone, a fresh random item every step
         loss.start_epoch(epoch)
@@ -216,7 +216,7 @@ def test_bpr_replay_ranks_each_pair_above_a_random_item_weighted_by_its_label():
     assert scores[0].argmax() == 1 and scores[1].argmax() == 2  # each replayed item on top
     assert torch.equal(model.user_emb[2], idle_user)  # label 0: the pair teaches its user nothing
     with pytest.raises(ValueError, match="replay form"):
-        ReplayLoss(model, lambda epoch: replay, steps_per_epoch=1, form="mse")
+        ReplayLoss(model, lambda epoch: replay, steps_per_epoch=1, weight=0.5, temperature=10.0, resample_every=5, seed=0, form="mse")
 
 
 # --- proxies and updates
@@ -260,7 +260,7 @@ def test_teacher_update_collaborative_and_vae_members():
     student = trained(BPRConfig(dim=4, seed=0), b0, config)
     stability, _ = make_proxies(student, None, None, config.continual)
     cl = clone(student)
-    cl.grow(b1.n_users, b1.n_items, b1.train)
+    cl.grow(b1.n_users, b1.n_items, b1.train, "neighbour", 20)
     updated, result = update_member(member, b1, b0.train, config, [(stability, 2), (cl, 2)], progress=False)
     assert (updated.n_users, updated.n_items) == (b1.n_users, b1.n_items)
     assert not torch.equal(updated.user_emb[: b0.n_users], member.user_emb)
@@ -307,7 +307,7 @@ def test_distill_block_starts_from_the_previous_student_or_fresh(tmp_path):
     b0, b1 = tiny_stream(2)
     config = tiny_config()
     teacher = trained(BPRConfig(dim=8, seed=3), b1, config)
-    write_topk(teacher.score, b1.n_users, b1.n_items, b1.seen_train, tmp_path, 30, 30)
+    write_topk(teacher.score, b1.n_users, b1.n_items, b1.seen_train, tmp_path, 30, 30, 1024)
     previous = trained(BPRConfig(dim=4, seed=0), b0, config)
     frozen = config.replace(train=dataclasses.replace(config.train, lr=1e-12, max_epochs=1),
                             distill=dataclasses.replace(config.distill, student_dim=4, n_interesting=10, n_interesting_users=10,
@@ -329,7 +329,7 @@ def test_exclusion_lists():
     from ccd.evaluate import UserItemCSR
 
     recent = UserItemCSR.from_pairs(np.array([[0, 1], [1, 7]]), 2)  # item 7 is past the model's width
-    pairs = top_pairs(lambda users: table[users], np.array([0, 1]), 2, recent)
+    pairs = top_pairs(lambda users: table[users], np.array([0, 1]), 2, recent, batch_users=1)
     assert pairs.tolist() == [[0, 2], [0, 3], [1, 0], [1, 1]]
     ids = np.array([[5, 6, -1], [7, -1, -1]])
     assert list_pairs(ids, 2, np.array([0, 1, 9])).tolist() == [[0, 5], [0, 6], [1, 7]]

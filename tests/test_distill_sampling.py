@@ -46,7 +46,7 @@ def test_observed_items_are_never_interesting_bug_b1():
     masked[train[:, 0], train[:, 1]] = -float("inf")
     assert torch.equal(users, torch.topk(masked, 6, dim=1).indices)
     assert torch.equal(items, torch.topk(masked.T, 3, dim=1).indices)
-    interesting = sample_interesting(users, 4, sample=True, generator=torch.Generator().manual_seed(1))
+    interesting = sample_interesting(users, 4, sample=True, temperature=10.0, generator=torch.Generator().manual_seed(1))
     assert not any((u, i) in train_set for u in range(n_users) for i in interesting[u].tolist())
 
 
@@ -59,9 +59,9 @@ def test_clean_lists_drops_observed_and_padding_keeping_order():
 
 def test_interesting_deterministic_is_the_top_k():
     lists = torch.arange(20).reshape(2, 10)
-    assert sample_interesting(lists, 3).tolist() == [[0, 1, 2], [10, 11, 12]]
+    assert sample_interesting(lists, 3, sample=False, temperature=10.0).tolist() == [[0, 1, 2], [10, 11, 12]]
     with pytest.raises(ValueError):
-        sample_interesting(lists, 11)
+        sample_interesting(lists, 11, sample=False, temperature=10.0)
 
 
 def test_interesting_sampling_keeps_teacher_order_and_favours_top_ranks():

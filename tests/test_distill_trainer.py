@@ -111,7 +111,7 @@ def test_from_lists_of_the_ensemble_files_matches_from_model(small_teacher, tmp_
     config = DistillConfig(**{**SMALL.__dict__, "method": "de-rrd-ir"})
     direct = TeacherSignal.from_model(teacher, data, config)
     # Files written without excluding anything: from_lists must drop the observed pairs itself (B1).
-    write_topk(teacher.score, data.n_users, data.n_items, np.zeros((0, 2), np.int64), tmp_path, k_user=30, k_item=40)
+    write_topk(teacher.score, data.n_users, data.n_items, np.zeros((0, 2), np.int64), tmp_path, k_user=30, k_item=40, batch_users=1024)
     users, _ = read_topk(tmp_path / USER_TOPK)
     items, _ = read_topk(tmp_path / ITEM_TOPK)
     signal = TeacherSignal.from_lists(users, items, data, teacher.dim)

@@ -111,7 +111,7 @@ def test_write_topk_matches_dense_brute_force(tmp_path, seed):
 
 def test_write_topk_layout_and_no_exclusion(tmp_path):
     dense = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 4.0]])
-    out = write_topk(TableModel(dense).score, 2, 3, np.zeros((0, 2)), tmp_path, k_user=2, k_item=5)
+    out = write_topk(TableModel(dense).score, 2, 3, np.zeros((0, 2)), tmp_path, k_user=2, k_item=5, batch_users=1024)
     table = pq.read_table(out["user_topk"]).to_pydict()
     assert table == {"user": [0, 0, 1, 1], "rank": [0, 1, 0, 1], "item": [0, 2, 1, 2], "score": [3.0, 2.0, 5.0, 4.0]}
     # k_item is clamped to the number of users.

@@ -155,14 +155,14 @@ def test_two_hop_without_neighbours_takes_most_popular_then_lower_id():
 
 
 def test_grow_tables_hand_computed():
-    users, items = model_init.grow_tables(E_U, E_I, PAIRS, n_users=5, n_items=3, k=2)
+    users, items = model_init.grow_tables(E_U, E_I, PAIRS, n_users=5, n_items=3, init="neighbour", k=2)
     assert torch.equal(users[:3], E_U) and torch.equal(items[:2], E_I)
     assert torch.allclose(users[3], torch.tensor([0.75, 0.75]))  # ([1,1] + [0.5,0.5]) / 2
     assert torch.allclose(users[4], torch.tensor([0.25, 0.25]))  # ([0,0] + [0.5,0.5]) / 2
     # Item 2: one-hop = old user u1 = [0,1]; two-hop = items 0 and 1 (share users 3 and 1) = [2, .5].
     assert torch.allclose(items[2], torch.tensor([1.0, 0.75]))
     with pytest.raises(ValueError):
-        model_init.grow_tables(E_U, E_I, PAIRS, n_users=2, n_items=3)
+        model_init.grow_tables(E_U, E_I, PAIRS, n_users=2, n_items=3, init="neighbour", k=2)
 
 
 @pytest.mark.parametrize("config", [BPRConfig(dim=2), LightGCNConfig(dim=2, layers=1)], ids=["bpr", "lightgcn"])
@@ -186,7 +186,7 @@ def test_grow_random_keeps_old_rows(config):
     old_scores = model.score(torch.arange(5))
     old_state = {k: v.clone() for k, v in model.state_dict().items()}
     new_pairs = np.concatenate([data.train, [[data.n_users, 0], [0, data.n_items], [data.n_users + 1, data.n_items + 1]]])
-    model.grow(data.n_users + 2, data.n_items + 2, new_pairs, init="random")
+    model.grow(data.n_users + 2, data.n_items + 2, new_pairs, init="random", k=20)
     for name, value in model.state_dict().items():
         old = old_state[name]
         assert torch.equal(value[: len(old)] if old.dim() else value, old), name
@@ -201,7 +201,7 @@ def test_lightgcn_grow_adds_the_new_pairs_to_its_graph():
     model = build_model(LightGCNConfig(dim=4, layers=2), data.n_users, data.n_items)
     model.set_interactions(data.train)
     new_pairs = np.array([[data.n_users, 0], [0, data.n_items]])
-    model.grow(data.n_users + 1, data.n_items + 1, new_pairs, init="random")
+    model.grow(data.n_users + 1, data.n_items + 1, new_pairs, init="random", k=20)
     expected = {tuple(p) for p in data.train} | {tuple(p) for p in new_pairs}
     assert {tuple(p) for p in model.interactions} == expected
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ccd import stages
 from ccd.cli import main
 from ccd.config import LakeConfig
 from ccd.ensemble import read_topk
@@ -72,3 +73,24 @@ def test_train_teacher_errors(home_with_block, capsys):
     assert "bad member spec" in capsys.readouterr().err
     assert main(["train-teacher", "--block", "3", "--home", str(home.root)]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_block0_teacher_a_stream_recorded_is_never_overwritten(home_with_block, capsys):
+    """Block 0's folders are the stream's shared teacher: once a finished stage records them,
+    retraining a member or rewriting the lists from other settings is refused, byte for byte."""
+    home = home_with_block
+    _run(home, capsys)
+    member, lists = home.model_dir(0, "teacher-bpr-0"), home.model_dir(0, "teacher")
+    stages.run_stage(home, 0, "base-teacher-bpr-0", lambda: {"path": "models/block=0/teacher-bpr-0"}, "some-run")
+    stages.run_stage(home, 0, "base-ensemble", lambda: {"topk_dir": "models/block=0/teacher"}, "some-run")
+    assert _run(home, capsys)["members"][0]["status"] == "reused"  # the same settings may rebuild it
+    before = {path: path.read_bytes() for path in [*member.iterdir(), *lists.iterdir()]}
+    for extra, what in [(["--retrain"], "--retrain"), (["--set", "train.lr=0.03"], "other settings"),
+                        (["--set", "teacher.top_k=6"], "another top_k")]:
+        argv = ["train-teacher", "--block", "0", "--home", str(home.root), "--members", MEMBERS, "--epochs", "4",
+                "--set", "train.batch_size=256", "--set", "train.lr=0.02", "--set", "train.device=cpu",
+                "--set", "teacher.top_k=5", *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert what in err and "some-run" in err and len(err.splitlines()) == 1
+    assert {path: path.read_bytes() for path in before} == before

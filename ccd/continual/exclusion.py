@@ -26,8 +26,8 @@ def top_pairs(
     score_fn: ScoreFn,
     users: np.ndarray,
     k: int,
-    exclude: UserItemCSR | None = None,
-    batch_users: int = 1024,
+    exclude: UserItemCSR | None,
+    batch_users: int,
     device: torch.device | str | None = None,
 ) -> np.ndarray:
     """(user, item) pairs of each user's top-`k` items under `score_fn`, shape (U * k, 2).

@@ -37,7 +37,7 @@ def contrastive_kd_loss(
     candidates: torch.Tensor,
     pos_rows: torch.Tensor,
     pos_cols: torch.Tensor,
-    tau: float = 5.0,
+    tau: float,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Contrastive distillation loss for a batch of anchors.
@@ -162,7 +162,7 @@ def layer_tables(model: Recommender) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 @torch.no_grad()
-def imitation_weights(previous: Recommender, pairs: np.ndarray, temperature: float = 0.5) -> torch.Tensor:
+def imitation_weights(previous: Recommender, pairs: np.ndarray, temperature: float) -> torch.Tensor:
     """Personalised imitation weight of every old user, shape (previous.n_users,).
 
     A user whose new interactions sit far from its old taste has changed and should imitate its

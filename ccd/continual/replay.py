@@ -75,7 +75,7 @@ def top_items(
     users: np.ndarray,
     exclude: UserItemCSR | None,
     top: int,
-    batch_users: int = 512,
+    batch_users: int,
     device: torch.device | str = "cpu",
 ) -> TopItems:
     """`score_fn`'s top `top` items of every user in `users`, `exclude`d items removed first
@@ -97,9 +97,9 @@ def top_items(
 def draw_replay(
     reference: ScoreFn,
     sources: list[tuple[TopItems, int]],
-    eps: float = 1e-4,
-    seed: int = 0,
-    batch_users: int = 512,
+    eps: float,
+    seed: int,
+    batch_users: int,
     device: torch.device | str = "cpu",
 ) -> ReplaySet:
     """`n_per_user` items per user from each source's top lists (`top_items`, all over the same
@@ -203,9 +203,8 @@ class ReplayLoss:
     form : {"bce", "bpr"}
     """
 
-    def __init__(self, model: Recommender, draw: Callable[[int], ReplaySet], steps_per_epoch: int, weight: float = 0.5,
-                 temperature: float = 10.0, resample_every: int = 5, seed: int = 0,
-                 form: Literal["bce", "bpr"] = "bce") -> None:
+    def __init__(self, model: Recommender, draw: Callable[[int], ReplaySet], steps_per_epoch: int, weight: float,
+                 temperature: float, resample_every: int, seed: int, form: Literal["bce", "bpr"]) -> None:
         if steps_per_epoch < 1 or resample_every < 1:
             raise ValueError(f"steps_per_epoch and resample_every must be >= 1, got {steps_per_epoch}, {resample_every}")
         if form not in ("bce", "bpr"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 
-def replay_weight(epoch: int, initial: float = 0.5, temperature: float = 10.0) -> float:
+def replay_weight(epoch: int, initial: float, temperature: float) -> float:
     """Weight of the replay loss at `epoch` (0-based): initial * exp(-epoch / temperature).
 
     Replay matters most early, while the model is closest to the previous block's state, and

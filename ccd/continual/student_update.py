@@ -106,12 +106,12 @@ def update_student(
     sources = [(stability, c.student_stability_samples)]
     if not _same(stability, plasticity):
         sources.append((plasticity, c.student_plasticity_samples))
-    proxies = ProxyReplay(student, sources, old_users, recent, c.student_top, c.replay_eps)
+    proxies = ProxyReplay(student, sources, old_users, recent, c.student_top, c.replay_eps, c.replay_batch_users)
     settings = update_config(config)
     replay = ReplayLoss(model, lambda epoch: proxies.draw(seed + epoch), steps_per_epoch(len(data.train), settings.batch_size),
-                        c.replay_weight, c.student_replay_temperature, c.replay_resample_every, seed)
+                        c.replay_weight, c.student_replay_temperature, c.replay_resample_every, seed, form="bce")
     k = cap(c.exclude_top, data.n_items)
-    negatives = [top_pairs(student.score, old_users, k, recent, device=device), proxies.exclusion_pairs(k)]
+    negatives = [top_pairs(student.score, old_users, k, recent, config.train.eval_batch_users, device), proxies.exclusion_pairs(k)]
     if protected is not None:
         negatives.append(protected)
     result = train(model, data, settings, seed=seed, exclude_negatives=np.concatenate(negatives), callback=callback,

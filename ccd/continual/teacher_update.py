@@ -107,7 +107,7 @@ def update_member(
         sources = [(m.to(device).eval(), n) for m, n in (sources or []) if n > 0]
         if sources:
             recent = recent_items(data, previous_train, device)
-            replay = ProxyReplay(model, sources, np.arange(member.n_users), recent, c.teacher_top, c.replay_eps)
+            replay = ProxyReplay(model, sources, np.arange(member.n_users), recent, c.teacher_top, c.replay_eps, c.replay_batch_users)
             if c.teacher_replay_weight > 0:  # at 0 the sources only give the exclusion lists
                 steps = steps_per_epoch(len(data.train), settings.batch_size)
                 parts.append(ReplayLoss(model, lambda epoch: replay.draw(seed + epoch), steps, c.teacher_replay_weight,

@@ -76,7 +76,7 @@ class ProxyReplay:
     """
 
     def __init__(self, reference: Recommender, sources: list[tuple[Recommender, int]], users: np.ndarray,
-                 recent: UserItemCSR, top: int, eps: float, batch_users: int = 512) -> None:
+                 recent: UserItemCSR, top: int, eps: float, batch_users: int) -> None:
         self.reference, self.eps, self.batch_users = reference, eps, batch_users
         self.tops = [(top_items(source.score, users, recent, min(top, source.n_items), batch_users, reference.device), n)
                      for source, n in sources]

@@ -98,7 +98,7 @@ class DistillationExperts(nn.Module):
     select : nn.Linear, d_t -> M
     """
 
-    def __init__(self, student_dim: int, teacher_dim: int, n_experts: int = 30, generator: torch.Generator | None = None) -> None:
+    def __init__(self, student_dim: int, teacher_dim: int, n_experts: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
         if min(student_dim, teacher_dim, n_experts) < 1:
             raise ValueError(f"dims and n_experts must be >= 1, got {student_dim}, {teacher_dim}, {n_experts}")

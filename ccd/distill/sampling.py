@@ -107,9 +107,9 @@ def teacher_lists(
     n_users: int,
     n_items: int,
     observed: PairSet,
-    n_user: int = 500,
-    n_item: int = 0,
-    batch_users: int = 1024,
+    n_user: int,
+    n_item: int,
+    batch_users: int,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Each user's top `n_user` unobserved items and each item's top `n_item` users.
@@ -160,7 +160,7 @@ def teacher_lists(
 
 
 def sample_interesting(
-    lists: torch.Tensor, k: int, sample: bool = False, temperature: float = 10.0, generator: torch.Generator | None = None
+    lists: torch.Tensor, k: int, sample: bool, temperature: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """K interesting entities per row, in teacher order.
 

@@ -101,7 +101,7 @@ class Recommender(nn.Module, ABC):
         """The scalar objective of one step on `batch`, regularisation included."""
 
     @abstractmethod
-    def grow(self, n_users: int, n_items: int, pairs: np.ndarray, init: str = "neighbour", k: int = 20) -> None:
+    def grow(self, n_users: int, n_items: int, pairs: np.ndarray, init: str, k: int) -> None:
         """Enlarge the tables to `n_users` x `n_items`, keeping every existing row.
 
         Parameters

@@ -68,7 +68,7 @@ class BPRMF(Recommender):
         reg = l2_rows(self.user_emb[batch.users], self.item_emb[batch.pos], self.item_emb[batch.neg])
         return loss + weight_decay * reg
 
-    def grow(self, n_users: int, n_items: int, pairs: np.ndarray, init: Init = "neighbour", k: int = 20) -> None:
+    def grow(self, n_users: int, n_items: int, pairs: np.ndarray, init: Init, k: int) -> None:
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed + n_users + n_items)
         users, items = grow_tables(self.user_emb.detach(), self.item_emb.detach(), pairs, n_users, n_items, init, k, generator)
         self.user_emb, self.item_emb = nn.Parameter(users), nn.Parameter(items)

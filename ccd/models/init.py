@@ -135,8 +135,8 @@ def grow_tables(
     pairs: np.ndarray,
     n_users: int,
     n_items: int,
-    init: Init = "neighbour",
-    k: int = 20,
+    init: Init,
+    k: int,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Enlarged copies of a user and an item table, old rows first and unchanged.

@@ -121,7 +121,7 @@ class MultVAE(Recommender):
         reg = sum(p.pow(2).sum() for p in (self.item_in, self.to_latent.weight, self.from_latent.weight, self.item_out)) / 2
         return nll + beta * kl + weight_decay * reg
 
-    def grow(self, n_users: int, n_items: int, pairs: np.ndarray, init: Init = "neighbour", k: int = 20) -> None:
+    def grow(self, n_users: int, n_items: int, pairs: np.ndarray, init: Init, k: int) -> None:
         """Add item rows to the three item tables; users need nothing (they are their rows).
 
         "neighbour" uses only the two-hop term of the CCD initialisation, on the concatenated
