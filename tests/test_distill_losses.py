@@ -94,15 +94,18 @@ def test_rrd_rejects_bad_shapes():
 # --- DE
 
 
+AUTHORS = (1.0, 1e-10, 1000)  # start, end, period: the authors' schedule, `distill.tau_*`
+
+
 def test_temperature_schedule_values():
-    assert temperature(0) == 1.0
-    assert temperature(100) == pytest.approx(0.1, rel=1e-9)
-    assert temperature(250) == pytest.approx(10 ** -2.5, rel=1e-9)
-    assert temperature(1000) == pytest.approx(1e-10, rel=1e-9)
-    assert temperature(5000) == 1e-10  # clipped at the end value
+    assert temperature(0, *AUTHORS) == 1.0
+    assert temperature(100, *AUTHORS) == pytest.approx(0.1, rel=1e-9)
+    assert temperature(250, *AUTHORS) == pytest.approx(10 ** -2.5, rel=1e-9)
+    assert temperature(1000, *AUTHORS) == pytest.approx(1e-10, rel=1e-9)
+    assert temperature(5000, *AUTHORS) == 1e-10  # clipped at the end value
     assert temperature(10, start=2.0, end=0.5, period=20) == pytest.approx(1.0)
     with pytest.raises(ValueError):
-        temperature(-1)
+        temperature(-1, *AUTHORS)
 
 
 def test_hidden_width():

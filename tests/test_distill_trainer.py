@@ -65,7 +65,7 @@ def test_distiller_loss_is_the_documented_composition(small_teacher):
     users, items = student.user_emb, student.item_emb
     u, p, n = (torch.unique(x) for x in (batch.users, batch.pos, batch.neg))
     gen = torch.Generator().manual_seed(5)
-    tau = temperature(2)  # epoch 3 of the loop is schedule epoch 2
+    tau = temperature(2, config.tau_start, config.tau_end, config.tau_period)  # epoch 3 of the loop is schedule epoch 2
     de = distiller.experts["user"](users[u], signal.user_reps[u], tau, gen).sum()
     de_items = sum(distiller.experts["item"](items[i], signal.item_reps[i], tau, gen).sum() for i in (p, n))
     inter, unint = distiller.interesting[u], distiller.uninteresting[u]

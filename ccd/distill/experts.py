@@ -30,15 +30,16 @@ WEIGHT_FLOOR = 1e-8
 GROUPED_SHARE = 0.4
 
 
-def temperature(epoch: int, start: float = 1.0, end: float = 1e-10, period: int = 1000) -> float:
+def temperature(epoch: int, start: float, end: float, period: int) -> float:
     """Gumbel-softmax temperature of an epoch: τ_e = start · (end/start)^(e/period), at least `end`.
 
-    The authors' schedule (spec §2): epoch 0 uses `start`; with the defaults τ ≈ 0.1 at epoch
-    100 and ≈ 3e-3 at epoch 250, so selection is soft early and near one-hot later.
+    The authors' schedule (spec §2): epoch 0 uses `start`; with their 1, 1e-10 and 1000 (the
+    `distill.tau_*` defaults) τ ≈ 0.1 at epoch 100 and ≈ 3e-3 at epoch 250, so selection is soft
+    early and near one-hot later.
 
     Example
     -------
-    >>> round(temperature(100), 6)
+    >>> round(temperature(100, 1.0, 1e-10, 1000), 6)
     0.1
     """
     if epoch < 0 or period < 1 or not 0 < end <= start:

@@ -62,7 +62,7 @@ def one_hop(other: torch.Tensor, pairs: np.ndarray, n_own_old: int, n_own: int) 
     return sums / counts[:, None]
 
 
-def two_hop(own: torch.Tensor, pairs: np.ndarray, n_own: int, k: int = 20, chunk: int = 256) -> torch.Tensor:
+def two_hop(own: torch.Tensor, pairs: np.ndarray, n_own: int, k: int, chunk: int = 256) -> torch.Tensor:
     """Mean embedding of the K old same-side entities chosen for each new id.
 
     For new id u, old entity v is ranked by (v shares a neighbour with u in `pairs`, popularity
@@ -123,7 +123,7 @@ def two_hop(own: torch.Tensor, pairs: np.ndarray, n_own: int, k: int = 20, chunk
     return torch.cat(rows)
 
 
-def neighbour_rows(own: torch.Tensor, other: torch.Tensor, pairs: np.ndarray, n_own: int, k: int = 20) -> torch.Tensor:
+def neighbour_rows(own: torch.Tensor, other: torch.Tensor, pairs: np.ndarray, n_own: int, k: int) -> torch.Tensor:
     """CCD initial rows for new ids: (one_hop + two_hop) / 2, shape (n_own - len(own), d)."""
     return (one_hop(other, pairs, len(own), n_own) + two_hop(own, pairs, n_own, k)) / 2
 
