@@ -193,6 +193,24 @@ def test_retrain_a_block_under_a_new_run_key(ccd_home, tmp_path):
     assert {s.block for s in list_stages(home, run_key="r1")} == {2}
 
 
+def test_a_retrain_is_compared_with_the_runs_under_its_own_key(ccd_home, tmp_path):
+    """CCD's lead and the every-method plot of a retrain come from the methods run under its run
+    key (its settings), never from the default runs' reports."""
+    home = copy_home(ccd_home, tmp_path)
+    config = RunConfig.load(None, TINY)
+    run_stream(home, "finetune", config, last_block=2, progress=False)  # default runs: ccd and finetune
+    default_plots = {p: p.read_bytes() for p in (home.reports / "stream").glob("*.png")}
+    assert len(default_plots) == 2
+    ccd = run_stream(home, "ccd", config, last_block=2, run_key="r1", from_block=2, progress=False)
+    assert "ccd_lead" not in ccd and "plot_all" not in ccd["files"]  # nothing else under r1 yet
+    finetune = run_stream(home, "finetune", config, last_block=2, run_key="r1", from_block=1, progress=False)
+    h = lambda result, block: result["student"]["blocks"][block]["summary"]["recall@20"]["H"]
+    [point] = [p for p in finetune["ccd_lead"]["finetune"] if p["block"] == 2]
+    assert point["lead"] == pytest.approx(h(ccd, 2) - h(finetune, 2))
+    assert finetune["files"]["plot_lead"] == str(home.reports / "stream" / "run=r1" / "ccd_lead.png")
+    assert {p: p.read_bytes() for p in default_plots} == default_plots  # the default runs' plots untouched
+
+
 def test_block_zero_teacher_is_shared_so_other_teacher_settings_are_refused_there(ccd_home, tmp_path, capsys):
     home = copy_home(ccd_home, tmp_path)
     # members' weights and the ensemble's lists (not teacher.json, the report of the last build)

@@ -30,6 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -487,30 +488,32 @@ def _timings(run: Run, last: int) -> list[dict[str, Any]]:
 
 def write_report(run: Run, last: int) -> dict[str, Any]:
     """Write `metrics.json` and `hmean.png` for this method, `hmean_all.png` over all methods, and
-    `ccd_lead.png` (CCD's student lead over each baseline) once CCD and a baseline have results."""
+    `ccd_lead.png` (CCD's student lead over each baseline) once CCD and a baseline have results.
+    The last two compare the methods' runs under this run key only: a retrain under another key
+    has other settings, so it gets its own pair in `reports/stream/run=<key>/`."""
     result = report(run, last)
     folder = run.layout.report_dir
     result["files"] = {"metrics": str(folder / "metrics.json"), "plot": str(folder / "hmean.png")}
     evaluation.plot_hmean(_series(result), folder / "hmean.png", f"{run.method}: H-mean over blocks")
     write_text(folder / "metrics.json", json.dumps(result, indent=2, default=str) + "\n")
-    reports = _stream_reports(run.home)
+    reports = _stream_reports(run.home, run.run_key)
     if len(reports) > 1:
-        path = run.home.reports / "stream" / "hmean_all.png"
+        path = _comparison_dir(run.home, run.run_key) / "hmean_all.png"
         series = {name: points for r in reports for name, points in _series(r, f"{r['method']} ").items()}
         evaluation.plot_hmean(series, path, "H-mean over blocks, every method")
         result["files"]["plot_all"] = str(path)
-        _add_ccd_lead(run.home, reports, result)
+        _add_ccd_lead(_comparison_dir(run.home, run.run_key), reports, result)
         write_text(folder / "metrics.json", json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 
-def _add_ccd_lead(home: Home, reports: list[dict[str, Any]], result: dict[str, Any]) -> None:
+def _add_ccd_lead(folder: Path, reports: list[dict[str, Any]], result: dict[str, Any]) -> None:
     """CCD's student H minus each baseline's, per block, into `result` and `ccd_lead.png`."""
     leads = evaluation.ccd_leads({r["method"]: r for r in reports})
     if not leads:
         return
     result["ccd_lead"] = {name: [{"block": b, "lead": lead} for b, lead in points] for name, points in leads.items()}
-    path = home.reports / "stream" / "ccd_lead.png"
+    path = folder / "ccd_lead.png"
     evaluation.plot_lead(leads, path, "CCD student's H-mean lead over each baseline's")
     result["files"]["plot_lead"] = str(path)
 
@@ -523,9 +526,16 @@ def _series(result: dict[str, Any], prefix: str = "") -> dict[str, list[tuple[in
     return series
 
 
-def _stream_reports(home: Home) -> list[dict[str, Any]]:
-    """The default-run `metrics.json` of every method in the home (retrains live one folder deeper)."""
-    return [json.loads(path.read_text()) for path in sorted((home.reports / "stream").glob("*/metrics.json"))]
+def _comparison_dir(home: Home, run_key: str) -> Path:
+    """Where the plots over every method of one run key go."""
+    folder = home.reports / "stream"
+    return folder if run_key == DEFAULT_RUN_KEY else folder / f"run={run_key}"
+
+
+def _stream_reports(home: Home, run_key: str) -> list[dict[str, Any]]:
+    """The `metrics.json` of every method run under `run_key` (`state.Layout.report_dir`)."""
+    pattern = "*/metrics.json" if run_key == DEFAULT_RUN_KEY else f"*/run={run_key}/metrics.json"
+    return [json.loads(path.read_text()) for path in sorted((home.reports / "stream").glob(pattern))]
 
 
 def _brief(result: TrainResult) -> dict[str, Any]:
