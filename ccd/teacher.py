@@ -37,7 +37,7 @@ from ccd.evaluate import rank_metrics
 from ccd.home import Home
 from ccd.lake.store import load_block_data
 from ccd.models import Recommender, build_model, io, kind_of, parse_members
-from ccd.train import Callback, pick_device, train, validate
+from ccd.train import pick_device, train, validate
 
 log = logging.getLogger(__name__)
 TEACHER = "teacher"
@@ -54,7 +54,6 @@ def train_teacher(
     config: RunConfig,
     retrain: bool = False,
     progress: bool = True,
-    callback: Callback | None = None,
 ) -> dict[str, Any]:
     """Train (or reuse) every member of block `block`'s teacher, then build the ensemble.
 
@@ -69,8 +68,6 @@ def train_teacher(
         Train every member even when a matching saved one exists.
     progress : bool
         tqdm bars on stderr.
-    callback : callable, optional
-        `callback(epoch, record)` of `ccd.train.train`; `record["member"]` names the member.
 
     Returns
     -------
@@ -85,7 +82,7 @@ def train_teacher(
     rows = []
     members = parse_members(config.teacher)
     for name, model_config in members:
-        model, row = _fit_or_load(home, block, name, model_config, data, fingerprint, config, retrain, progress, callback, device)
+        model, row = _fit_or_load(home, block, name, model_config, data, fingerprint, config, retrain, progress, device)
         models.append(model)
         rows.append(row)
 
@@ -113,14 +110,12 @@ def train_member(
     block: int,
     name: str,
     config: RunConfig,
-    retrain: bool = False,
     progress: bool = True,
-    callback: Callback | None = None,
 ) -> dict[str, Any]:
     """Train (or reuse) the one member `name` (e.g. "lightgcn-1") of block `block`'s teacher.
 
-    Members are independent, so the flows train each as its own task (in parallel, on GPU
-    workers); `train_teacher` afterwards finds them all saved and only builds the ensemble.
+    Members are independent, so the stream trains each as its own stage (the flows, as their
+    own tasks); `train_teacher` afterwards finds them all saved and only builds the ensemble.
     Same parameters as `train_teacher`; returns the member's report row.
     """
     members = dict(parse_members(config.teacher))
@@ -128,13 +123,13 @@ def train_member(
         raise BadInputError(f"no teacher member {name!r} in teacher.members (members: {', '.join(members)})")
     data = load_block_data(home, block)
     device = pick_device(config.train.device)
-    _, row = _fit_or_load(home, block, name, members[name], data, _fingerprint(data, config), config, retrain, progress, callback, device)
+    _, row = _fit_or_load(home, block, name, members[name], data, _fingerprint(data, config), config, False, progress, device)
     return row
 
 
 def _fit_or_load(
     home: Home, block: int, name: str, model_config: Any, data: BlockData, fingerprint: str, config: RunConfig,
-    retrain: bool, progress: bool, callback: Callback | None, device: Any,
+    retrain: bool, progress: bool, device: Any,
 ) -> tuple[Recommender, dict[str, Any]]:
     """The member saved for the same data and configs, else a freshly trained and saved one."""
     folder = home.model_dir(block, member_dir_name(name))
@@ -149,7 +144,7 @@ def _fit_or_load(
                 f"teacher member {name} of block {block} is recorded by the stream's run key(s) {', '.join(users)}; "
                 f"retraining it ({why}) would change their results: use another --home for another teacher"
             )
-        model, row = _train_member(name, model_config, data, config, progress, callback)
+        model, row = _train_member(name, model_config, data, config, progress)
         io.save(model, folder, {"block": block, "fingerprint": fingerprint, "report": row, "run_config": config.to_dict()})
     log.info("teacher member %s: %s", name, row)
     return model, row
@@ -177,10 +172,9 @@ def _check_lists_unchanged(home: Home, block: int, out_dir: Path, built: dict[st
         )
 
 
-def _train_member(name: str, model_config: Any, data: BlockData, config: RunConfig, progress: bool, callback: Callback | None) -> tuple[Recommender, dict[str, Any]]:
+def _train_member(name: str, model_config: Any, data: BlockData, config: RunConfig, progress: bool) -> tuple[Recommender, dict[str, Any]]:
     model = build_model(model_config, data.n_users, data.n_items)
-    tagged = None if callback is None else (lambda epoch, record: callback(epoch, {**record, "member": name}))
-    result = train(model, data, config.train, callback=tagged, progress=progress)
+    result = train(model, data, config.train, progress=progress)
     test = validate(model, data, config.train.eval_batch_users, split="test")
     row = {
         "member": name,

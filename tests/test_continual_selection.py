@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from ccd.config import RunConfig
 from ccd.continual.selection import EARLIER, StreamValidation, stream_validator
-from ccd.evaluate import harmonic, rank_metrics
+from ccd.data import BlockData
+from ccd.evaluate import harmonic
 from ccd.models import BPRConfig, build_model
 from ccd.train import SELECTION, train, validate
 from planted import single_thread  # noqa: F401 (fixture)
@@ -17,15 +19,20 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_stream_validation_is_the_block_metrics_plus_the_h_of_new_and_earlier():
-    blocks = tiny_stream(n_blocks=3)
-    data = blocks[2]
-    model = build_model(BPRConfig(dim=8, seed=0), data.n_users, data.n_items)
-    metrics = StreamValidation({0: blocks[0].valid, 1: blocks[1].valid}, data)(model)
-
-    assert {k: metrics[k] for k in validate(model, data)} == pytest.approx(validate(model, data))
-    earlier = [rank_metrics(model.score, blocks[j].valid, data.seen_train, data.n_items)["recall@20"] for j in (0, 1)]
-    assert metrics[EARLIER] == pytest.approx(np.mean(earlier))
-    assert metrics[SELECTION] == pytest.approx(2 * metrics["recall@20"] * metrics[EARLIER] / (metrics["recall@20"] + metrics[EARLIER]))
+    """Hand-computed: every user ranks item i at place i (30 items), so an item below 20 is a hit.
+    Block k: user 0 hits item 5, user 1 misses 25 -> 0.5. Earlier block 0: user 0 hits 1, user 1
+    gets 2 of {2, 22} -> 0.75; block 1: user 1 misses 28 -> 0. Earlier mean 0.375; H 0.4286."""
+    model = build_model(BPRConfig(dim=30, seed=0), n_users=2, n_items=30)
+    with torch.no_grad():
+        model.user_emb.copy_(-torch.arange(30.0).repeat(2, 1))   # score(u, i) = -i
+        model.item_emb.copy_(torch.eye(30))
+    pairs = lambda *rows: np.array(rows, np.int64).reshape(-1, 2)
+    data = BlockData(2, 2, 30, train=pairs([0, 29]), valid=pairs([0, 5], [1, 25]), test=pairs([0, 6]), history=pairs())
+    earlier = {0: pairs([0, 1], [1, 2], [1, 22]), 1: pairs([1, 28])}
+    metrics = StreamValidation(earlier, data, batch_users=1)(model)
+    assert metrics["recall@20"] == pytest.approx(0.5)
+    assert metrics[EARLIER] == pytest.approx(0.375)
+    assert metrics[SELECTION] == pytest.approx(2 * 0.5 * 0.375 / 0.875)
     assert harmonic(0.0, 0.0) == 0.0
 
 

@@ -26,17 +26,17 @@ from ccd.continual.updates import grown, update_config
 from ccd.data import BlockData
 from ccd.distill.trainer import make_student
 from ccd.models import Recommender
-from ccd.train import Callback, TrainResult, Validator, pick_device, train
+from ccd.train import TrainResult, Validator, pick_device, train
 
 
 def finetune_student(
     student: Recommender, data: BlockData, config: RunConfig, seed: int = 0, progress: bool = True,
-    callback: Callback | None = None, validator: Validator | None = None,
+    validator: Validator | None = None,
 ) -> tuple[Recommender, TrainResult]:
     """The previous student (not modified) grown to block k and trained on it with BPR."""
     student.to(pick_device(config.train.device)).eval()
     model = grown(student, data, config)
-    return model, train(model, data, update_config(config), seed=seed, callback=callback, progress=progress, validator=validator)
+    return model, train(model, data, update_config(config), seed=seed, progress=progress, validator=validator)
 
 
 def lwckd_student(
@@ -46,14 +46,13 @@ def lwckd_student(
     config: RunConfig,
     seed: int = 0,
     progress: bool = True,
-    callback: Callback | None = None,
     validator: Validator | None = None,
 ) -> tuple[Recommender, TrainResult]:
     """The previous student grown and trained on block k with BPR + LWC-KD against itself at k-1."""
     student.to(pick_device(config.train.device)).eval()
     model = grown(student, data, config)
     extension = LwcKd(model, student, previous_train, data.train, config.continual)
-    return model, train(model, data, update_config(config), seed=seed, callback=callback, progress=progress, extension=extension,
+    return model, train(model, data, update_config(config), seed=seed, progress=progress, extension=extension,
                         validator=validator)
 
 
@@ -63,12 +62,12 @@ def cumulative(data: BlockData) -> BlockData:
 
 
 def retrain_student(
-    data: BlockData, config: RunConfig, teacher_dim: int, progress: bool = True, callback: Callback | None = None,
+    data: BlockData, config: RunConfig, teacher_dim: int, progress: bool = True,
     validator: Validator | None = None,
 ) -> tuple[Recommender, TrainResult]:
     """A fresh student (the distilled students' kind and size) trained with BPR on all training
     pairs of blocks 0..k, selected on block k's valid split (or `validator`)."""
     everything = cumulative(data)
     model = make_student(config, everything.n_users, everything.n_items, teacher_dim)
-    return model, train(model, everything, config.train, seed=config.distill.seed, callback=callback, progress=progress,
+    return model, train(model, everything, config.train, seed=config.distill.seed, progress=progress,
                         validator=validator)

@@ -26,7 +26,7 @@ from ccd.data import BlockData
 from ccd.distill.trainer import DistillResult, TeacherSignal, distill
 from ccd.ensemble import ITEM_TOPK, USER_TOPK, read_topk
 from ccd.models import Recommender
-from ccd.train import Callback, Validator, pick_device
+from ccd.train import Validator, pick_device
 
 # CCD distils with RRD and IR-RRD only: an ensemble has no representation of its own for DE.
 KD_METHOD = "rrd-ir"
@@ -48,7 +48,6 @@ def distill_block(
     teacher_dim: int,
     start: Recommender | None = None,
     progress: bool = True,
-    callback: Callback | None = None,
     validator: Validator | None = None,
 ) -> DistillResult:
     """A student distilled on `data` from the teacher lists in `topk_dir`.
@@ -76,5 +75,5 @@ def distill_block(
     student = None
     if start is not None and config.continual.kd_init != "fresh":
         student = grown(start.to(pick_device(config.train.device)), data, config)
-    return distill(signal, data, distill_config(config), student=student, callback=callback, progress=progress,
+    return distill(signal, data, distill_config(config), student=student, progress=progress,
                    validator=validator)

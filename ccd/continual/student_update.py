@@ -28,7 +28,7 @@ from ccd.continual.replay import ReplayLoss, steps_per_epoch
 from ccd.continual.updates import ProxyReplay, clone, grown, recent_items, update_config
 from ccd.data import BlockData
 from ccd.models import Recommender
-from ccd.train import Callback, TrainResult, Validator, pick_device, train
+from ccd.train import TrainResult, Validator, pick_device, train
 
 
 @dataclass
@@ -71,7 +71,6 @@ def update_student(
     protected: np.ndarray | None = None,
     seed: int = 0,
     progress: bool = True,
-    callback: Callback | None = None,
     validator: Validator | None = None,
 ) -> StudentUpdate:
     """Train CL_k: D_{k-1} grown to block k, BPR on block k plus proxy-guided replay.
@@ -114,7 +113,7 @@ def update_student(
     negatives = [top_pairs(student.score, old_users, k, recent, config.train.eval_batch_users, device), proxies.exclusion_pairs(k)]
     if protected is not None:
         negatives.append(protected)
-    result = train(model, data, settings, seed=seed, exclude_negatives=np.concatenate(negatives), callback=callback,
+    result = train(model, data, settings, seed=seed, exclude_negatives=np.concatenate(negatives),
                    progress=progress, extension=replay, validator=validator)
     return StudentUpdate(model, result, replay.size)
 

@@ -35,7 +35,7 @@ from ccd.continual.replay import ReplayLoss, steps_per_epoch
 from ccd.continual.updates import ProxyReplay, grown, recent_items, update_config
 from ccd.data import BlockData
 from ccd.models import Batch, Recommender
-from ccd.train import Callback, Extension, TrainResult, pick_device, train
+from ccd.train import Extension, TrainResult, pick_device, train
 
 
 class Extensions:
@@ -66,7 +66,6 @@ def update_member(
     protected: np.ndarray | None = None,
     seed: int = 0,
     progress: bool = True,
-    callback: Callback | None = None,
 ) -> tuple[Recommender, TrainResult]:
     """The member after block k: its k-1 state grown and trained on block k.
 
@@ -97,7 +96,7 @@ def update_member(
     model = grown(member, data, config)
     settings = update_config(config)
     if model.batch_kind != "pairs":
-        result = train(model, data, settings, seed=seed, callback=callback, progress=progress)
+        result = train(model, data, settings, seed=seed, progress=progress)
         model.set_interactions(data.seen_train)
         return model, result
     parts: list[Extension] = []
@@ -115,5 +114,5 @@ def update_member(
             negatives.append(replay.exclusion_pairs(cap(c.exclude_top, data.n_items)))
     extension = Extensions(parts) if parts else None
     exclude = np.concatenate(negatives) if negatives else None
-    result = train(model, data, settings, seed=seed, exclude_negatives=exclude, callback=callback, progress=progress, extension=extension)
+    result = train(model, data, settings, seed=seed, exclude_negatives=exclude, progress=progress, extension=extension)
     return model, result

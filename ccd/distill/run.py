@@ -29,10 +29,10 @@ from ccd.errors import BadInputError
 from ccd.home import Home
 from ccd.lake.store import load_block_data
 from ccd.models import Recommender, io
-from ccd.train import Callback, pick_device
+from ccd.teacher import TEACHER, member_dir_name
+from ccd.train import pick_device
 
 log = logging.getLogger(__name__)
-TEACHER_DIR = "teacher"  # `ccd.teacher.TEACHER`: where train-teacher writes the ensemble lists
 
 
 @dataclass
@@ -86,9 +86,9 @@ def load_teacher(path: Path, config: RunConfig, device: Any) -> StoredTeacher:
     exponent = built.get("rank_exponent", TeacherConfig.rank_exponent)
     members = {name: io.load(path.parent / name, device) for name in member_dirs}
     wanted = config.distill.de_member
-    key = f"{TEACHER_DIR}-{wanted}" if wanted else member_dirs[0]
+    key = member_dir_name(wanted) if wanted else member_dirs[0]
     if key not in members:
-        known = ", ".join(name.removeprefix(f"{TEACHER_DIR}-") for name in member_dirs)
+        known = ", ".join(name.removeprefix(member_dir_name("")) for name in member_dirs)
         raise BadInputError(f"distill.de_member {wanted!r} is not a teacher member (members: {known})")
     models = list(members.values())
     params = sum(m.parameter_count() for m in models)
@@ -101,7 +101,6 @@ def distill_stored(
     config: RunConfig,
     teacher_path: Path | None = None,
     progress: bool = True,
-    callback: Callback | None = None,
     teacher_row: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Distil `config.distill.method`'s student for block `block`, save it, compare it with the teacher.
@@ -127,8 +126,8 @@ def distill_stored(
     """
     data = load_block_data(home, block)
     device = pick_device(config.train.device)
-    teacher = load_teacher(teacher_path or home.model_dir(block, TEACHER_DIR), config, device)
-    result = distill(teacher.signal(data, config, device), data, config, callback=callback, progress=progress)
+    teacher = load_teacher(teacher_path or home.model_dir(block, TEACHER), config, device)
+    result = distill(teacher.signal(data, config, device), data, config, progress=progress)
     student = result.student
     batch = config.train.eval_batch_users
     student_row = {"kind": student.kind, "dim": student.dim, **describe(student.score, student.parameter_count(), data, batch, device)}

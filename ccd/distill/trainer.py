@@ -41,7 +41,7 @@ from ccd.distill.rrd import rrd_loss
 from ccd.distill.sampling import PairSet, clean_lists, forbidden_pairs, sample_interesting, sample_uninteresting, teacher_lists
 from ccd.errors import TrainingError
 from ccd.models import BPRConfig, Batch, LightGCNConfig, Recommender, build_model
-from ccd.train import Callback, TrainResult, Validator, pick_device, train
+from ccd.train import TrainResult, Validator, pick_device, train
 
 # The loss terms each method adds to the student's own BPR loss.
 METHODS: dict[str, tuple[str, ...]] = {
@@ -304,7 +304,6 @@ def distill(
     data: BlockData,
     config: RunConfig,
     student: Recommender | None = None,
-    callback: Callback | None = None,
     progress: bool = True,
     validator: Validator | None = None,
 ) -> DistillResult:
@@ -336,6 +335,6 @@ def distill(
     extension = None
     if config.distill.method != "none":
         extension = Distiller(student, teacher, data.seen_train, config.distill, device)
-    result = train(student, data, config.train, seed=config.distill.seed, callback=callback, progress=progress, extension=extension,
+    result = train(student, data, config.train, seed=config.distill.seed, progress=progress, extension=extension,
                    validator=validator)
     return DistillResult(student, config.distill.method, result)

@@ -85,7 +85,8 @@ def ingest_block(
     BadInputError
         The file cannot be read.
     BlockOrderError
-        `block` is neither the next block nor an existing one (with `replace`).
+        `block` is neither the next block nor an existing one, or it exists with other content
+        and `replace` is off.
     ValidationFailedError
         The block failed validation; it was quarantined and nothing else changed.
     """
@@ -94,11 +95,11 @@ def ingest_block(
     with file_lock(home, "ingest", timeout=INGEST_LOCK_TIMEOUT):
         remove_orphans(home)
         blocks = {b.block: b for b in catalog.list_blocks(home)}
-        _check_order(block, blocks, replace)
+        _check_order(block, blocks)
         raw = read_interactions(path)
         cleaned, report = validate_block(raw, _context(block, blocks), config)
         if report.status == "rejected":
-            _reject(home, path, block, raw, report)
+            _reject(home, path, block, report)
         frame = canonical_frame(cleaned)
         content_hash = hash_frame(frame)
         existing = blocks.get(block)
@@ -164,7 +165,7 @@ def remove_orphans(home: Home) -> int:
     return removed
 
 
-def _check_order(block: int, blocks: dict[int, catalog.BlockRecord], replace: bool) -> None:
+def _check_order(block: int, blocks: dict[int, catalog.BlockRecord]) -> None:
     expected = max(blocks, default=-1) + 1
     if block in blocks or block == expected:
         return
@@ -183,7 +184,7 @@ def _id_strings(values: pd.Series) -> np.ndarray:
     return values.map(lambda v: str(int(v)) if isinstance(v, (int, np.integer)) else str(v)).to_numpy(object)
 
 
-def _reject(home: Home, path: Path, block: int, raw: pd.DataFrame, report: ValidationReport) -> None:
+def _reject(home: Home, path: Path, block: int, report: ValidationReport) -> None:
     """Put the input and its report in quarantine, record the verdict, raise."""
     file_hash = atomic.sha256_file(path)
     folder = home.quarantine / f"block={block}" / f"{catalog.utc_now():%Y%m%dT%H%M%S}-{file_hash[:12]}"
