@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ccd.config import TrainConfig
+
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # users LongTensor (B,) -> scores (B, n_items)
 PairScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # users (B,), items (B, C) -> (B, C)
 
@@ -123,7 +125,7 @@ def rank_metrics(
     exclude: np.ndarray,
     n_items: int,
     ks: Sequence[int] = (10, 20, 50),
-    batch_users: int = 1024,
+    batch_users: int = TrainConfig.eval_batch_users,
     device: torch.device | str | None = None,
 ) -> dict[str, float]:
     """Recall@K and NDCG@K by full ranking over all items, averaged over evaluated users.
@@ -282,7 +284,7 @@ def loo_metrics(
     heldout: np.ndarray,
     candidates: np.ndarray,
     ks: Sequence[int] = (5, 10, 20),
-    batch_users: int = 1024,
+    batch_users: int = TrainConfig.eval_batch_users,
     device: torch.device | str | None = None,
     pair_score_fn: PairScoreFn | None = None,
 ) -> dict[str, float]:

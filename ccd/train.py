@@ -293,7 +293,7 @@ def _interactions(model: Recommender, data: BlockData, config: TrainConfig) -> n
         return data.seen_train
     return data.train
 
-def validate(model: Recommender, data: BlockData, batch_users: int = 1024, split: str = "valid") -> dict[str, float]:
+def validate(model: Recommender, data: BlockData, batch_users: int = TrainConfig.eval_batch_users, split: str = "valid") -> dict[str, float]:
     """Full-ranking Recall/NDCG@{10,20,50} of `model` on `data.<split>`, excluding seen train."""
     model.eval()
     return rank_metrics(model.score, getattr(data, split), data.seen_train, data.n_items, batch_users=batch_users, device=model.device)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ccd.config import TrainConfig
 from ccd.atomic import write_with
 from ccd.evaluate import ScoreFn, continual_summaries, first_counted_block, rank_metrics
 
@@ -29,7 +30,7 @@ def evaluate_block(
     tests: Mapping[int, np.ndarray],
     seen_train: np.ndarray,
     n_items: int,
-    batch_users: int = 1024,
+    batch_users: int = TrainConfig.eval_batch_users,
     device: Any = None,
 ) -> list[dict[str, Any]]:
     """Matrix rows of the model trained up to `block` on each test split in `tests`.

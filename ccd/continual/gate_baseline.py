@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ccd.config import TrainConfig
 from ccd.continual import evaluation
 from ccd.models import Recommender
 
@@ -56,7 +57,7 @@ def rescored_metrics(
     seen_train: np.ndarray,
     n_items: int,
     with_base_block: bool,
-    batch_users: int = 1024,
+    batch_users: int = TrainConfig.eval_batch_users,
     device: Any = None,
 ) -> dict[str, float]:
     """Gate metrics of `score_fn` standing as the model after `block`, on the candidate's `history`.

@@ -20,7 +20,7 @@ from statistics import fmean
 
 import numpy as np
 
-from ccd.config import ContinualConfig
+from ccd.config import ContinualConfig, TrainConfig
 from ccd.data import BlockData
 from ccd.evaluate import harmonic, rank_metrics
 from ccd.models import Recommender
@@ -43,7 +43,7 @@ class StreamValidation:
         Users ranked per chunk.
     """
 
-    def __init__(self, earlier_valid: Mapping[int, np.ndarray], data: BlockData, batch_users: int = 1024) -> None:
+    def __init__(self, earlier_valid: Mapping[int, np.ndarray], data: BlockData, batch_users: int = TrainConfig.eval_batch_users) -> None:
         if not earlier_valid:
             raise ValueError("stream selection needs at least one earlier block's valid split")
         self.earlier_valid, self.data, self.batch_users = dict(earlier_valid), data, batch_users
@@ -60,7 +60,7 @@ class StreamValidation:
 
 
 def stream_validator(config: ContinualConfig, earlier_valid: Mapping[int, np.ndarray], data: BlockData,
-                     batch_users: int = 1024) -> Validator | None:
+                     batch_users: int = TrainConfig.eval_batch_users) -> Validator | None:
     """The validator `config.select_on` asks for: None (the block's own valid split, the loop's
     default) for "block" or when there is no earlier block."""
     if config.select_on == "block" or not earlier_valid:

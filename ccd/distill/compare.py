@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ccd.config import TrainConfig
 from ccd.data import BlockData
 from ccd.evaluate import ScoreFn, UserItemCSR, rank_metrics
 
@@ -28,7 +29,7 @@ def scoring_latency_ms(
     n_users: int,
     exclude: np.ndarray,
     k: int = 20,
-    batch_users: int = 1024,
+    batch_users: int = TrainConfig.eval_batch_users,
     device: torch.device | str | None = None,
     repeats: int = 3,
     budget_s: float = 2.0,
@@ -69,7 +70,7 @@ def describe(
     score_fn: ScoreFn,
     params: int,
     data: BlockData,
-    batch_users: int = 1024,
+    batch_users: int = TrainConfig.eval_batch_users,
     device: torch.device | str | None = None,
 ) -> dict[str, Any]:
     """Valid/test Recall@20 and NDCG@20, parameter count and all-user latency of one scorer."""

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ccd.config import DistillConfig, RunConfig
+from ccd.config import DistillConfig, RunConfig, TrainConfig
 from ccd.data import BlockData
 from ccd.distill.experts import DistillationExperts, temperature
 from ccd.distill.rd import rank_weights, rd_loss
@@ -108,7 +108,7 @@ class TeacherSignal:
         dim: int | None = None,
         representations: tuple[torch.Tensor, torch.Tensor] | None = None,
         device: torch.device | str | None = None,
-        batch_users: int = 1024,
+        batch_users: int = TrainConfig.eval_batch_users,
     ) -> "TeacherSignal":
         """Rank every item for every user with `teacher.score`, in chunks, excluding seen pairs.
 
