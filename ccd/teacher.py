@@ -81,15 +81,15 @@ def train_teacher(
     models: list[Recommender] = []
     rows = []
     members = parse_members(config.teacher)
+    out_dir = home.model_dir(block, TEACHER)
+    k = config.teacher.top_k
+    built = {"member_dirs": [member_dir_name(n) for n, _ in members], "rank_exponent": config.teacher.rank_exponent, "top_k": k}
+    _check_lists_unchanged(home, block, out_dir, built)  # before any member trains for nothing
     for name, model_config in members:
         model, row = _fit_or_load(home, block, name, model_config, data, fingerprint, config, retrain, progress, device)
         models.append(model)
         rows.append(row)
 
-    out_dir = home.model_dir(block, TEACHER)
-    k = config.teacher.top_k
-    built = {"member_dirs": [member_dir_name(n) for n, _ in members], "rank_exponent": config.teacher.rank_exponent, "top_k": k}
-    _check_lists_unchanged(home, block, out_dir, built)
     ensemble = Ensemble(models, config.teacher.rank_exponent)
     evaluate = lambda truth: rank_metrics(ensemble.score, truth, data.seen_train, data.n_items, ks=(20,), batch_users=config.train.eval_batch_users, device=device)
     valid, test = evaluate(data.valid), evaluate(data.test)
@@ -164,7 +164,8 @@ def _check_lists_unchanged(home: Home, block: int, out_dir: Path, built: dict[st
     if not users:
         return
     before = json.loads(path.read_text(encoding="utf-8"))
-    changed = [key for key in built if key in before and before[key] != built[key]]
+    settings = {"member_dirs": "teacher.members", "rank_exponent": "teacher.rank_exponent", "top_k": "teacher.top_k"}
+    changed = [settings[key] for key in built if key in before and before[key] != built[key]]
     if changed:
         raise BadInputError(
             f"the teacher lists of block {block} are recorded by the stream's run key(s) {', '.join(users)}; "

@@ -86,7 +86,8 @@ def test_block0_teacher_a_stream_recorded_is_never_overwritten(home_with_block, 
     assert _run(home, capsys)["members"][0]["status"] == "reused"  # the same settings may rebuild it
     before = {path: path.read_bytes() for path in [*member.iterdir(), *lists.iterdir()]}
     for extra, what in [(["--retrain"], "--retrain"), (["--set", "train.lr=0.03"], "other settings"),
-                        (["--set", "teacher.top_k=6"], "another top_k")]:
+                        (["--set", "teacher.top_k=6"], "another teacher.top_k"),
+                        (["--members", MEMBERS + ",bpr:8"], "another teacher.members")]:
         argv = ["train-teacher", "--block", "0", "--home", str(home.root), "--members", MEMBERS, "--epochs", "4",
                 "--set", "train.batch_size=256", "--set", "train.lr=0.02", "--set", "train.device=cpu",
                 "--set", "teacher.top_k=5", *extra]
@@ -94,3 +95,4 @@ def test_block0_teacher_a_stream_recorded_is_never_overwritten(home_with_block, 
         err = capsys.readouterr().err
         assert what in err and "some-run" in err and len(err.splitlines()) == 1
     assert {path: path.read_bytes() for path in before} == before
+    assert not home.model_dir(0, "teacher-bpr-2").exists()  # refused before any member trained
