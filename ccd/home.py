@@ -99,5 +99,9 @@ class Home:
     def block_dir(self, block: int) -> Path:
         return self.interactions / f"block={block_number(block)}"
 
+    def relative(self, path: Path) -> str:
+        """`path` relative to the home folder, as stage outputs and the registry record it."""
+        return Path(path).resolve().relative_to(self.root).as_posix()
+
     def model_dir(self, block: int, name: str) -> Path:
         return self.models / f"block={block_number(block)}" / safe_name(name, "model name")

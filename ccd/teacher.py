@@ -152,7 +152,7 @@ def _fit_or_load(
 
 def recorded_by(home: Home, block: int, folder: Path) -> list[str]:
     """Run keys with a finished stage of `block` that recorded `folder` as an output."""
-    relative = Path(folder).resolve().relative_to(home.root).as_posix()
+    relative = home.relative(folder)
     return sorted({r.run_key for r in stages.list_stages(home, block=block)
                    if r.status == "done" and relative in (r.outputs or {}).values()})
 

@@ -43,7 +43,7 @@ from ccd.continual.distill_stage import distill_block
 from ccd.continual.exclusion import cap, list_pairs
 from ccd.continual.gate_baseline import as_served, rescored_metrics
 from ccd.continual.pinned_config import check_shared_teacher, pin_config
-from ccd.continual.state import BASE, METHODS, Layout
+from ccd.continual.state import BASE, METHODS, Layout, keyed
 from ccd.continual.student_update import make_proxies, update_student
 from ccd.continual.selection import stream_validator
 from ccd.continual.teacher_update import update_member
@@ -528,14 +528,13 @@ def _series(result: dict[str, Any], prefix: str = "") -> dict[str, list[tuple[in
 
 def _comparison_dir(home: Home, run_key: str) -> Path:
     """Where the plots over every method of one run key go."""
-    folder = home.reports / "stream"
-    return folder if run_key == DEFAULT_RUN_KEY else folder / f"run={run_key}"
+    return keyed(home.reports / "stream", run_key)
 
 
 def _stream_reports(home: Home, run_key: str) -> list[dict[str, Any]]:
-    """The `metrics.json` of every method run under `run_key` (`state.Layout.report_dir`)."""
-    pattern = "*/metrics.json" if run_key == DEFAULT_RUN_KEY else f"*/run={run_key}/metrics.json"
-    return [json.loads(path.read_text()) for path in sorted((home.reports / "stream").glob(pattern))]
+    """The `metrics.json` of every method run under `run_key`, in method-name order."""
+    paths = (Layout(home, method, run_key).report_dir / "metrics.json" for method in sorted(METHODS))
+    return [json.loads(path.read_text()) for path in paths if path.exists()]
 
 
 def _brief(result: TrainResult) -> dict[str, Any]:

@@ -43,7 +43,8 @@ class StreamValidation:
         Users ranked per chunk.
     """
 
-    def __init__(self, earlier_valid: Mapping[int, np.ndarray], data: BlockData, batch_users: int = TrainConfig.eval_batch_users) -> None:
+    def __init__(self, earlier_valid: Mapping[int, np.ndarray], data: BlockData,
+                 batch_users: int = TrainConfig.eval_batch_users) -> None:
         if not earlier_valid:
             raise ValueError("stream selection needs at least one earlier block's valid split")
         self.earlier_valid, self.data, self.batch_users = dict(earlier_valid), data, batch_users

@@ -35,6 +35,11 @@ BASE = "base"
 METHODS = ("ccd", "finetune", "retrain", "kd", "lwckd-student")
 
 
+def keyed(folder: Path, run_key: str) -> Path:
+    """`folder` for the default run, `folder/run=<key>` for a run under another key."""
+    return folder if run_key == DEFAULT_RUN_KEY else folder / f"run={run_key}"
+
+
 @dataclass(frozen=True)
 class Layout:
     """Paths and stage names of one method's run over the stream."""
@@ -48,8 +53,7 @@ class Layout:
         safe_name(self.run_key, "run key")
 
     def _under(self, root: Path, block: int) -> Path:
-        folder = root / f"block={block_number(block)}"
-        return folder if self.run_key == DEFAULT_RUN_KEY else folder / f"run={self.run_key}"
+        return keyed(root / f"block={block_number(block)}", self.run_key)
 
     def model_dir(self, block: int, name: str) -> Path:
         """Folder of model `name` (e.g. "student", "teacher-bpr-0") after `block`."""
@@ -61,8 +65,7 @@ class Layout:
 
     @property
     def report_dir(self) -> Path:
-        folder = self.home.reports / "stream" / self.method
-        return folder if self.run_key == DEFAULT_RUN_KEY else folder / f"run={self.run_key}"
+        return keyed(self.home.reports / "stream" / self.method, self.run_key)
 
     def stage(self, name: str) -> str:
         """Ledger name of a stage of this method, e.g. "ccd-student-update"."""
@@ -84,8 +87,8 @@ class Layout:
         return found
 
     def relative(self, path: Path) -> str:
-        """`path` relative to the home folder, as stage outputs and the registry record it."""
-        return Path(path).resolve().relative_to(self.home.root).as_posix()
+        """`path` relative to the home folder (`Home.relative`)."""
+        return self.home.relative(path)
 
     def absolute(self, relative: str) -> Path:
         return self.home.root / relative
