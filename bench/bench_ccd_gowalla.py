@@ -39,21 +39,19 @@ from typing import Any
 
 import torch
 
+from ccd import stages
+from ccd.atomic import write_text
+from ccd.config import RunConfig
+from ccd.continual import evaluation
+from ccd.continual.loop import run_stream
+from ccd.continual.pinned_config import pin_config, pinned_settings, run_settings
+from ccd.continual.state import METHODS
+from ccd.home import Home
+from ccd.lake.ingest import ingest_folder
+from ccd.models import parse_members
+from ccd.teacher import TEACHER
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ccd import stages  # noqa: E402
-from ccd.atomic import write_text  # noqa: E402
-from ccd.config import RunConfig  # noqa: E402
-from ccd.continual import evaluation  # noqa: E402
-from ccd.continual.loop import run_stream  # noqa: E402
-from ccd.continual.pinned_config import pin_config, pinned_settings, run_settings  # noqa: E402
-from ccd.continual.state import METHODS  # noqa: E402
-from ccd.home import Home  # noqa: E402
-from ccd.lake.ingest import ingest_folder  # noqa: E402
-from ccd.models import parse_members  # noqa: E402
-from ccd.teacher import TEACHER  # noqa: E402
-
 GOWALLA = ROOT.parent / "shared" / "datasets" / "gowalla"
 # The CPU-sized defaults of this benchmark; every one can be overridden with --set.
 DEFAULTS = [

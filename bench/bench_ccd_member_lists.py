@@ -24,32 +24,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from bench_ccd_gowalla import DEFAULTS, GOWALLA  # noqa: E402
-from ccd.config import RunConfig  # noqa: E402
-from ccd.continual import evaluation  # noqa: E402
-from ccd.continual.distill_stage import distill_block  # noqa: E402
-from ccd.continual.exclusion import cap, list_pairs  # noqa: E402
-from ccd.continual.selection import stream_validator  # noqa: E402
-from ccd.continual.teacher_update import update_member  # noqa: E402
-from ccd.data import BlockData  # noqa: E402
-from ccd.ensemble import USER_TOPK, read_topk, write_topk  # noqa: E402
-from ccd.home import Home  # noqa: E402
-from ccd.lake.ingest import ingest_folder  # noqa: E402
-from ccd.lake.store import load_block_data  # noqa: E402
-from ccd.models import Recommender  # noqa: E402
-from ccd.models import io as model_io  # noqa: E402
-from ccd.teacher import member_dir_name, train_member  # noqa: E402
+from bench_ccd_gowalla import DEFAULTS, GOWALLA
+from ccd.config import RunConfig
+from ccd.continual import evaluation
+from ccd.continual.distill_stage import distill_block
+from ccd.continual.exclusion import cap, list_pairs
+from ccd.continual.selection import stream_validator
+from ccd.continual.teacher_update import update_member
+from ccd.data import BlockData
+from ccd.ensemble import USER_TOPK, read_topk, write_topk
+from ccd.home import Home
+from ccd.lake.ingest import ingest_folder
+from ccd.lake.store import load_block_data
+from ccd.models import Recommender
+from ccd.models import io as model_io
+from ccd.teacher import member_dir_name, train_member
 
 # variant -> (LWC-KD and exclusion on, continual settings changed)
 VARIANTS = {

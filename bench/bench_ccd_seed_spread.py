@@ -19,23 +19,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from bench_ccd_teacher_ablation import row, score, stored_run  # noqa: E402
-from ccd.config import RunConfig  # noqa: E402
-from ccd.continual.distill_stage import distill_block  # noqa: E402
-from ccd.continual.loop import Run  # noqa: E402
-from ccd.continual.pinned_config import run_settings  # noqa: E402
-from ccd.continual.selection import stream_validator  # noqa: E402
-from ccd.home import Home  # noqa: E402
+from bench_ccd_teacher_ablation import row, score, stored_run
+from ccd.config import RunConfig
+from ccd.continual.distill_stage import distill_block
+from ccd.continual.loop import Run
+from ccd.continual.pinned_config import run_settings
+from ccd.continual.selection import stream_validator
+from ccd.home import Home
 
 
 def main() -> None:

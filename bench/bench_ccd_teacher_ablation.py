@@ -21,25 +21,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from ccd.config import RunConfig  # noqa: E402
-from ccd.continual import evaluation  # noqa: E402
-from ccd.continual.loop import Run  # noqa: E402
-from ccd.continual.pinned_config import pin_path, run_settings  # noqa: E402
-from ccd.continual.teacher_update import update_member  # noqa: E402
-from ccd.continual.updates import grown  # noqa: E402
-from ccd.home import Home  # noqa: E402
-from ccd.stages import DEFAULT_RUN_KEY  # noqa: E402
+from ccd.config import RunConfig
+from ccd.continual import evaluation
+from ccd.continual.loop import Run
+from ccd.continual.pinned_config import pin_path, run_settings
+from ccd.continual.teacher_update import update_member
+from ccd.continual.updates import grown
+from ccd.home import Home
+from ccd.stages import DEFAULT_RUN_KEY
 
 
 def main() -> None:

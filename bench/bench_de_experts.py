@@ -19,16 +19,12 @@ A second table times the library's DE step with a share of the expert weights se
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ccd.distill.experts import GROUPED_SHARE, WEIGHT_FLOOR, DistillationExperts, gumbel_softmax  # noqa: E402
-from ccd.train import subnormals_flushed  # noqa: E402
+from ccd.distill.experts import GROUPED_SHARE, WEIGHT_FLOOR, DistillationExperts, gumbel_softmax
+from ccd.train import subnormals_flushed
 
 
 def per_expert_loop(de: DistillationExperts, student: torch.Tensor, teacher: torch.Tensor, tau: float,

@@ -13,19 +13,13 @@ of the paper's H. Nothing is written to the home.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from bench_ccd_seed_spread import spec_run  # noqa: E402
-from bench_ccd_teacher_ablation import score  # noqa: E402
-from ccd.evaluate import harmonic  # noqa: E402
-from ccd.home import Home  # noqa: E402
+from bench_ccd_seed_spread import spec_run
+from bench_ccd_teacher_ablation import score
+from ccd.evaluate import harmonic
+from ccd.home import Home
 
 
 def main() -> None:
