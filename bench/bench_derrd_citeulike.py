@@ -128,15 +128,17 @@ def fit(model: BPRMF, data, extension: Distiller | None, args: argparse.Namespac
     }
 
 
-def settings_of(args: argparse.Namespace) -> dict:
-    """What a checkpoint must agree on to be continued."""
-    return {k: getattr(args, k) for k in ("label", "seed", "split_seed", "patience", "max_epochs", "overrides", "teacher_dim", "student_dim")}
+def settings_of(args: argparse.Namespace, device: torch.device) -> dict:
+    """What a checkpoint must agree on to be continued: the device too, since a CPU and a CUDA
+    generator keep different random streams (their states do not even have the same size)."""
+    keys = ("label", "seed", "split_seed", "patience", "max_epochs", "overrides", "teacher_dim", "student_dim")
+    return {**{k: getattr(args, k) for k in keys}, "device": device.type}
 
 
 def save_checkpoint(path: Path, loop: dict, model: BPRMF, extension: Distiller | None, optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, args: argparse.Namespace) -> None:
     """Atomically save everything the next epoch depends on: weights, Adam moments, both random streams."""
-    state = {"settings": settings_of(args), "loop": loop, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    state = {"settings": settings_of(args, model.user_emb.device), "loop": loop, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "generator": generator.get_state()}
     if extension is not None:
         state.update(experts=extension.experts.state_dict(), extension_generator=extension.generator.get_state())
@@ -147,14 +149,14 @@ def resume(path: Path, model: BPRMF, extension: Distiller | None, optimizer: tor
            generator: torch.Generator, args: argparse.Namespace) -> dict:
     """Load a checkpoint written by `save_checkpoint` into the given objects; its loop state."""
     state = torch.load(path, map_location=model.user_emb.device, weights_only=False)
-    if state["settings"] != settings_of(args):
+    if state["settings"] != settings_of(args, model.user_emb.device):
         raise SystemExit(f"{path} was written with other settings ({state['settings']}); delete it to start over")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"])
+    generator.set_state(state["generator"].cpu())  # map_location moved the ByteTensor state too
     if extension is not None:
         extension.experts.load_state_dict(state["experts"])
-        extension.generator.set_state(state["extension_generator"])
+        extension.generator.set_state(state["extension_generator"].cpu())
     print(f"{args.label}: resumed after epoch {state['loop']['epoch']} from {path}", file=sys.stderr)
     return state["loop"]
 

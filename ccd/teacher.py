@@ -29,7 +29,7 @@ import numpy as np
 
 from ccd import stages
 from ccd.atomic import write_text
-from ccd.config import RunConfig
+from ccd.config import RunConfig, TrainConfig
 from ccd.data import BlockData
 from ccd.ensemble import Ensemble, write_topk
 from ccd.errors import BadInputError
@@ -77,7 +77,6 @@ def train_teacher(
     """
     data = load_block_data(home, block)
     device = pick_device(config.train.device)
-    fingerprint = _fingerprint(data, config)
     models: list[Recommender] = []
     rows = []
     members = parse_members(config.teacher)
@@ -86,7 +85,7 @@ def train_teacher(
     built = {"member_dirs": [member_dir_name(n) for n, _ in members], "rank_exponent": config.teacher.rank_exponent, "top_k": k}
     _check_lists_unchanged(home, block, out_dir, built)  # before any member trains for nothing
     for name, model_config in members:
-        model, row = _fit_or_load(home, block, name, model_config, data, fingerprint, config, retrain, progress, device)
+        model, row = _fit_or_load(home, block, name, model_config, data, config, retrain, progress, device)
         models.append(model)
         rows.append(row)
 
@@ -123,17 +122,17 @@ def train_member(
         raise BadInputError(f"no teacher member {name!r} in teacher.members (members: {', '.join(members)})")
     data = load_block_data(home, block)
     device = pick_device(config.train.device)
-    _, row = _fit_or_load(home, block, name, members[name], data, _fingerprint(data, config), config, False, progress, device)
+    _, row = _fit_or_load(home, block, name, members[name], data, config, False, progress, device)
     return row
 
 
 def _fit_or_load(
-    home: Home, block: int, name: str, model_config: Any, data: BlockData, fingerprint: str, config: RunConfig,
+    home: Home, block: int, name: str, model_config: Any, data: BlockData, config: RunConfig,
     retrain: bool, progress: bool, device: Any,
 ) -> tuple[Recommender, dict[str, Any]]:
     """The member saved for the same data and configs, else a freshly trained and saved one."""
     folder = home.model_dir(block, member_dir_name(name))
-    saved = _matching(folder, model_config, fingerprint) if not retrain else None
+    saved = _matching(folder, model_config, data, config) if not retrain else None
     if saved is not None:
         model, row = io.load(folder, device), {**saved["metadata"]["report"], "status": "reused"}
     else:
@@ -145,7 +144,7 @@ def _fit_or_load(
                 f"retraining it ({why}) would change their results: use another --home for another teacher"
             )
         model, row = _train_member(name, model_config, data, config, progress)
-        io.save(model, folder, {"block": block, "fingerprint": fingerprint, "report": row, "run_config": config.to_dict()})
+        io.save(model, folder, {"block": block, "fingerprint": _fingerprint(data, config), "report": row, "run_config": config.to_dict()})
     log.info("teacher member %s: %s", name, row)
     return model, row
 
@@ -195,15 +194,24 @@ def _metrics(valid: dict[str, float], test: dict[str, float]) -> dict[str, float
     return {f"{split}_{m}": scores.get(m) for split, scores in (("valid", valid), ("test", test)) for m in ("recall@20", "ndcg@20")}
 
 
-# `train` keys added after members were saved, at the value that trains as the code did before
-# them: hashed only when set otherwise, so an upgrade still reuses the members already trained.
-UNHASHED_AT = {"decay_on": "batch"}
+# `train` settings added after members were saved, at the value that trains as the code did
+# before them: a member saved without one was trained at that value.
+ADDED_SINCE = {"decay_on": "batch", "graph": "block"}
 
 
 def _fingerprint(data: BlockData, config: RunConfig) -> str:
-    """Hash of everything a member's training depends on besides its own config."""
-    train = {k: v for k, v in dataclasses.asdict(config.train).items() if not (k in UNHASHED_AT and UNHASHED_AT[k] == v)}
-    return _digest(data, train)
+    """Hash of everything a member's training depends on besides its own config.
+
+    Where it trains is left out: a member trained on a GPU ranks as well on a CPU, and a stream
+    may resume on either (the pinned settings leave the device free for the same reason).
+    """
+    return _digest(data, _train_settings(config.train))
+
+
+def _train_settings(train: TrainConfig) -> dict[str, Any]:
+    settings = dataclasses.asdict(train)
+    settings.pop("device")
+    return settings
 
 
 def _digest(data: BlockData, train: dict[str, Any]) -> str:
@@ -214,15 +222,30 @@ def _digest(data: BlockData, train: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def _matching(folder: Path, model_config: Any, fingerprint: str) -> dict[str, Any] | None:
+def _matching(folder: Path, model_config: Any, data: BlockData, config: RunConfig) -> dict[str, Any] | None:
     """The saved member's metadata when it was trained on the same data and configs, else None."""
     try:
         meta = io.read_metadata(folder)
     except io.ModelFileError:
         return None
-    same = (
-        meta["kind"] == kind_of(model_config)
-        and meta["config"] == dataclasses.asdict(model_config)
-        and meta["metadata"].get("fingerprint") == fingerprint
-    )
-    return meta if same else None
+    if meta["kind"] != kind_of(model_config) or meta["config"] != dataclasses.asdict(model_config):
+        return None
+    saved = meta["metadata"].get("fingerprint")
+    saved_train = meta["metadata"].get("run_config", {}).get("train")
+    if saved == _fingerprint(data, config) or _matches_as_saved_before(saved, saved_train, data, config):
+        return meta
+    return None
+
+
+def _matches_as_saved_before(saved: str | None, saved_train: dict[str, Any] | None, data: BlockData, config: RunConfig) -> bool:
+    """Whether a member saved by earlier code was trained on this data with today's settings.
+
+    Its fingerprint hashed the train settings it saved, device included and `decay_on` left out
+    at "batch": recomputing that checks the data; its settings, completed with `ADDED_SINCE`,
+    are then compared with today's, the device aside.
+    """
+    if saved_train is None:
+        return False
+    hashed = {k: v for k, v in saved_train.items() if not (k == "decay_on" and v == "batch")}
+    then = {k: v for k, v in {**ADDED_SINCE, **saved_train}.items() if k != "device"}
+    return _digest(data, hashed) == saved and then == _train_settings(config.train)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from ccd.config import LakeConfig, RunConfig
 from ccd.errors import BadInputError
 from ccd.lake.ingest import ingest_block
-from ccd.teacher import _digest, _fingerprint, train_member, train_teacher
-from planted import planted_block
+from ccd.lake.store import load_block_data
+from ccd.models import io
+from ccd.teacher import _digest, member_dir_name, train_member, train_teacher
 from tests.conftest import make_block
 
 CONFIG = RunConfig.from_dict({
@@ -33,12 +32,41 @@ def test_members_trained_one_by_one_are_reused_by_the_ensemble(home, tmp_path):
         train_member(home, 0, "vae-0", CONFIG)
 
 
-def test_members_saved_before_decay_on_existed_keep_their_fingerprint():
-    """`train.decay_on` at "batch" trains as the code before it did, so it is left out of a
-    member's fingerprint (members already saved are reused); "all" trains differently and
-    changes it."""
-    data, config = planted_block(), RunConfig()
-    before = _digest(data, {k: v for k, v in dataclasses.asdict(config.train).items() if k != "decay_on"})
-    assert _fingerprint(data, config) == before
-    changed = RunConfig.from_dict({"train": {"decay_on": "all"}})
-    assert _fingerprint(data, changed) != before
+def test_a_member_is_reused_on_another_device(home, tmp_path):
+    """A stream may resume on a GPU after starting on a CPU: the device names where a member
+    trains, not what it learns, so changing it alone retrains nothing (nor refuses, as it would
+    for a member a finished stage recorded)."""
+    path = tmp_path / "block_0.csv"
+    make_block().to_csv(path, index=False)
+    ingest_block(home, path, 0, LakeConfig())
+    assert train_member(home, 0, "bpr-0", CONFIG, progress=False)["status"] == "trained"
+    elsewhere = RunConfig.from_dict({**CONFIG.to_dict(), "train": {**CONFIG.to_dict()["train"], "device": "cpu:0"}})
+    assert train_member(home, 0, "bpr-0", elsewhere, progress=False)["status"] == "reused"
+
+
+@pytest.mark.parametrize("dropped", [("decay_on", "graph"), ("graph",)])
+def test_members_saved_by_earlier_code_are_reused_when_todays_settings_train_alike(home, tmp_path, dropped):
+    """Earlier code hashed the device, left `decay_on` out at "batch", and knew neither
+    `decay_on` nor `graph` at first: such a member is reused when today's settings match the
+    ones it saved, the missing ones at the value the code then trained with, whatever the
+    device; not when they differ, nor when its data does."""
+    path = tmp_path / "block_0.csv"
+    make_block().to_csv(path, index=False)
+    ingest_block(home, path, 0, LakeConfig())
+    train_member(home, 0, "bpr-0", CONFIG, progress=False)
+    folder = home.model_dir(0, member_dir_name("bpr-0"))
+    meta, model, data = io.read_metadata(folder), io.load(folder), load_block_data(home, 0)
+    saved_train = {k: v for k, v in CONFIG.to_dict()["train"].items() if k not in dropped}
+    hashed = {k: v for k, v in saved_train.items() if k != "decay_on"}  # "batch" was not hashed
+    run_config = {**meta["metadata"]["run_config"], "train": saved_train}
+    earlier = {**meta["metadata"], "run_config": run_config, "fingerprint": _digest(data, hashed)}
+
+    def status(train: dict) -> str:
+        io.save(model, folder, earlier)
+        config = RunConfig.from_dict({**CONFIG.to_dict(), "train": {**CONFIG.to_dict()["train"], **train}})
+        return train_member(home, 0, "bpr-0", config, progress=False)["status"]
+
+    assert status({"graph": "block", "device": "auto"}) == "reused"
+    assert status({"graph": "seen"}) == "trained"  # trains LightGCNs on another graph
+    earlier["fingerprint"] = "another data"
+    assert status({"graph": "block"}) == "trained"

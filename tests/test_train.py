@@ -13,7 +13,7 @@ from ccd.config import TrainConfig
 from ccd.errors import TrainingError
 from ccd.evaluate import rank_metrics
 from ccd.models import BPRConfig, LightGCNConfig, VAEConfig, build_model
-from ccd.train import NegativeSampler, train, validate
+from ccd.train import NegativeSampler, pick_device, train, validate
 from planted import planted_block, single_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -251,3 +251,15 @@ def test_small_data_still_gets_min_steps_per_epoch(config, monkeypatch):
         train(model, data, big, progress=False)
         assert len(steps) == expected
         steps.clear()
+
+
+def test_pick_device_refuses_what_this_machine_cannot_run():
+    """A device that does not exist here fails at once, as one clear error, not at the first
+    tensor moved to it."""
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(TrainingError, match="bad device 'gpu0'"):
+        pick_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="no CUDA GPU"):
+            pick_device("cuda")

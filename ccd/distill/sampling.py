@@ -141,7 +141,8 @@ def teacher_lists(
         chunk = torch.arange(start, min(start + batch_users, n_users), device=device)
         scores = score_fn(chunk).float().clone()  # (B, n_items)
         chunk = chunk.to(scores.device)
-        rows, items = seen.to(scores.device).gather(chunk)
+        seen = seen.to(scores.device)  # copied to a GPU once, with the first chunk
+        rows, items = seen.gather(chunk)
         scores[rows, items] = float("-inf")
         user_parts.append(torch.topk(scores, n_user, dim=1).indices)  # (B, n_user)
         if n_item:
