@@ -108,10 +108,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     # Where the L2 acts. "batch": in the loss, on the embedding rows a batch uses (LightGCN paper
     # form; a Mult-VAE's on its weights).
-    # "all": Adam's own coupled weight_decay on every parameter, as the authors' code does; with
-    # Adam's normalised steps it shrinks every row with no data at about the full learning rate,
-    # so an update on a new block forgets the users and items absent from it (kept to measure
-    # CCD in the regime its paper ran in, see docs/benchmarks.md).
+    # "all": Adam's own coupled weight_decay on every parameter against the batch's loss summed
+    # over its rows, as the authors' code does; with Adam's normalised steps it shrinks every row
+    # with no data at about the full learning rate, so an update on a new block forgets the
+    # users and items absent from it (kept to measure CCD in the regime its paper ran in, see
+    # docs/benchmarks.md).
     decay_on: Literal["batch", "all"] = "batch"
     # BPR (user, positive, negative) triples per step.
     batch_size: int = 8192

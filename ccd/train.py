@@ -206,7 +206,8 @@ def train(
     bar = tqdm(range(1, config.max_epochs + 1), desc=f"train {model.kind}", unit="epoch", file=sys.stderr, disable=not progress)
     for epoch in bar:
         start, cpu_start = time.perf_counter(), time.process_time()
-        mean_loss = _one_epoch(model, _batches(model, train_pairs, sampler, config, generator), optimizer, row_decay, extension, epoch)
+        batches = _batches(model, train_pairs, sampler, config, generator)
+        mean_loss = _one_epoch(model, batches, optimizer, row_decay, config.decay_on == "all", extension, epoch)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         train_seconds += seconds
         cpu_seconds += cpu
@@ -248,8 +249,13 @@ def train(
 
 
 def _one_epoch(model: Recommender, batches: Iterator[Batch], optimizer: torch.optim.Optimizer, row_decay: float,
-               extension: Extension | None, epoch: int) -> float:
-    """One pass over the training data; the epoch's mean loss (its only device sync)."""
+               summed: bool, extension: Extension | None, epoch: int) -> float:
+    """One pass over the training data; the epoch's mean loss (its only device sync).
+
+    `summed` steps on the batch's loss summed over its rows instead of averaged, as the authors'
+    code does. Adam's step ignores the loss's scale except through its coupled weight decay (and
+    eps): against a mean over B rows, that decay would weigh B times more than the authors'.
+    """
     model.train()
     total, steps = None, 0
     if extension is not None:
@@ -260,7 +266,7 @@ def _one_epoch(model: Recommender, batches: Iterator[Batch], optimizer: torch.op
             if extension is not None:
                 loss = loss + extension.loss(batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * len(batch.users) if summed else loss).backward()
             optimizer.step()
             total = loss.detach() if total is None else total + loss.detach()
             steps += 1

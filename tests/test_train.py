@@ -218,6 +218,17 @@ def test_decay_on_all_shrinks_the_rows_of_users_with_no_data():
     assert idle_row_after("all").norm() < 0.95 * start.norm()
 
 
+def test_decay_on_all_weighs_the_decay_against_the_summed_loss():
+    """The authors' losses are sums over the batch, so their Adam weight decay is small beside a
+    row's data gradient; against a mean over 256 rows the same decay would be 256 times
+    stronger and would shrink the rows with data too (this model then stayed near Recall@20
+    0.45 on the planted groups, every row near zero)."""
+    data = planted_block()
+    model = build_model(BPRConfig(dim=8, seed=1), data.n_users, data.n_items)
+    config = dataclasses.replace(FAST, max_epochs=10, patience=100, weight_decay=1e-2, decay_on="all")
+    assert train(model, data, config, progress=False).best_metrics["recall@20"] > 0.9
+
+
 # --- failures ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
