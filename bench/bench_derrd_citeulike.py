@@ -149,7 +149,7 @@ def resume(path: Path, model: BPRMF, extension: Distiller | None, optimizer: tor
            generator: torch.Generator, args: argparse.Namespace) -> dict:
     """Load a checkpoint written by `save_checkpoint` into the given objects; its loop state."""
     state = torch.load(path, map_location=model.user_emb.device, weights_only=False)
-    if state["settings"] != settings_of(args, model.user_emb.device):
+    if {"device": "cpu", **state["settings"]} != settings_of(args, model.user_emb.device):  # older ones: CPU
         raise SystemExit(f"{path} was written with other settings ({state['settings']}); delete it to start over")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])

@@ -286,7 +286,8 @@ class ContinualConfig:
     # (the spec's exclusion lists), so BPR does not push down what replay pulls up. 0: off.
     exclude_top: int = 40
     # LWC-KD (spec 2.4): weight of UI+IU+UU+II against the loop's mean BPR loss (the spec does
-    # not say whether its BPR is summed; against a sum of 2048 terms 0.01 would vanish),
+    # not say whether its BPR is summed; against a sum of 2048 terms 0.01 would vanish; under
+    # train.decay_on="all" the loop steps on sums, and this ratio to BPR is kept),
     # softmax temperature, and neighbours per entity in the user-user / item-item graphs.
     lwckd_weight: float = 0.01
     lwckd_tau: float = 5.0
@@ -333,6 +334,12 @@ class ContinualConfig:
     select_on: Literal["block", "stream"] = "stream"
     # Whether block 0 counts in LA and RA (the `with_base_block` switch of the CCD author's code).
     with_base_block: bool = True
+
+
+# Settings added to the code after runs were pinned (and models saved) whose default is not
+# what the code did before them: the value that did, so a run pinned without the key resumes as
+# it started. Any other key missing counts at its default (added with the old behaviour).
+BEFORE_ADDED: dict[tuple[str, str], Any] = {("continual", "select_on"): "block", ("train", "graph"): "block"}
 
 
 @dataclass(frozen=True)

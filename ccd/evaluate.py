@@ -52,9 +52,6 @@ class UserItemCSR:
         return cls(torch.as_tensor(indptr, device=device), torch.as_tensor(pairs[order, 1], device=device))
 
     def to(self, device: torch.device | str) -> "UserItemCSR":
-        """This index on `device`: itself when already there, so a per-chunk call copies once."""
-        if self.indptr.device == torch.device(device):
-            return self
         return UserItemCSR(self.indptr.to(device), self.items.to(device))
 
     def gather(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ import numpy as np
 
 from ccd import stages
 from ccd.atomic import write_text
-from ccd.config import RunConfig, TrainConfig
+from ccd.config import BEFORE_ADDED, RunConfig, TrainConfig
 from ccd.data import BlockData
 from ccd.ensemble import Ensemble, write_topk
 from ccd.errors import BadInputError
@@ -194,11 +194,6 @@ def _metrics(valid: dict[str, float], test: dict[str, float]) -> dict[str, float
     return {f"{split}_{m}": scores.get(m) for split, scores in (("valid", valid), ("test", test)) for m in ("recall@20", "ndcg@20")}
 
 
-# `train` settings added after members were saved, at the value that trains as the code did
-# before them: a member saved without one was trained at that value.
-ADDED_SINCE = {"decay_on": "batch", "graph": "block"}
-
-
 def _fingerprint(data: BlockData, config: RunConfig) -> str:
     """Hash of everything a member's training depends on besides its own config.
 
@@ -209,8 +204,12 @@ def _fingerprint(data: BlockData, config: RunConfig) -> str:
 
 
 def _train_settings(train: TrainConfig) -> dict[str, Any]:
+    """The hashed `train` settings: all but the device. `decay_on="all"` steps on summed losses
+    since 2026-11-24 (on means before), so those members are told apart from earlier ones."""
     settings = dataclasses.asdict(train)
     settings.pop("device")
+    if train.decay_on == "all":
+        settings["decay_against"] = "summed loss"
     return settings
 
 
@@ -241,11 +240,14 @@ def _matches_as_saved_before(saved: str | None, saved_train: dict[str, Any] | No
     """Whether a member saved by earlier code was trained on this data with today's settings.
 
     Its fingerprint hashed the train settings it saved, device included and `decay_on` left out
-    at "batch": recomputing that checks the data; its settings, completed with `ADDED_SINCE`,
-    are then compared with today's, the device aside.
+    at "batch": recomputing that checks the data; its settings, completed as a pinned run's are
+    (`BEFORE_ADDED`, else the default), are then compared with today's, the device aside. Its
+    `decay_on="all"` acted against mean losses, which nothing trains with any more.
     """
-    if saved_train is None:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if saved_train is None or saved_train.get("decay_on") == "all" or not set(saved_train) <= known:
         return False
     hashed = {k: v for k, v in saved_train.items() if not (k == "decay_on" and v == "batch")}
-    then = {k: v for k, v in {**ADDED_SINCE, **saved_train}.items() if k != "device"}
-    return _digest(data, hashed) == saved and then == _train_settings(config.train)
+    added = {key: value for (section, key), value in BEFORE_ADDED.items() if section == "train"}
+    then = dataclasses.replace(TrainConfig(), **{**added, **saved_train})
+    return _digest(data, hashed) == saved and _train_settings(then) == _train_settings(config.train)

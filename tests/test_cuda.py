@@ -56,7 +56,7 @@ def test_the_stream_runs_on_the_gpu_and_its_students_load_anywhere(tmp_path):
     distillation, evaluation) over three sample blocks; the registered student then serves
     from the CPU with the scores it has on the GPU."""
     home = Home.resolve(tmp_path / "home")
-    sets = [arg for item in TINY for arg in ("--set", item.replace("train.device=cpu", "train.device=cuda"))]
+    sets = [arg for item in [*TINY, "train.device=cuda"] for arg in ("--set", item)]  # the last value wins
     for method in ("ccd", "kd", "finetune", "lwckd-student", "retrain"):
         out = io.StringIO()
         with contextlib.redirect_stdout(out):

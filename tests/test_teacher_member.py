@@ -44,7 +44,7 @@ def test_a_member_is_reused_on_another_device(home, tmp_path):
     assert train_member(home, 0, "bpr-0", elsewhere, progress=False)["status"] == "reused"
 
 
-@pytest.mark.parametrize("dropped", [("decay_on", "graph"), ("graph",)])
+@pytest.mark.parametrize("dropped", [("decay_on", "graph"), ("graph",), ()])
 def test_members_saved_by_earlier_code_are_reused_when_todays_settings_train_alike(home, tmp_path, dropped):
     """Earlier code hashed the device, left `decay_on` out at "batch", and knew neither
     `decay_on` nor `graph` at first: such a member is reused when today's settings match the
@@ -56,7 +56,7 @@ def test_members_saved_by_earlier_code_are_reused_when_todays_settings_train_ali
     train_member(home, 0, "bpr-0", CONFIG, progress=False)
     folder = home.model_dir(0, member_dir_name("bpr-0"))
     meta, model, data = io.read_metadata(folder), io.load(folder), load_block_data(home, 0)
-    saved_train = {k: v for k, v in CONFIG.to_dict()["train"].items() if k not in dropped}
+    saved_train = {k: v for k, v in {**CONFIG.to_dict()["train"], "graph": "block"}.items() if k not in dropped}
     hashed = {k: v for k, v in saved_train.items() if k != "decay_on"}  # "batch" was not hashed
     run_config = {**meta["metadata"]["run_config"], "train": saved_train}
     earlier = {**meta["metadata"], "run_config": run_config, "fingerprint": _digest(data, hashed)}
@@ -70,3 +70,20 @@ def test_members_saved_by_earlier_code_are_reused_when_todays_settings_train_ali
     assert status({"graph": "seen"}) == "trained"  # trains LightGCNs on another graph
     earlier["fingerprint"] = "another data"
     assert status({"graph": "block"}) == "trained"
+
+
+def test_members_trained_when_decay_on_all_meant_mean_losses_are_not_reused(home, tmp_path):
+    """`decay_on="all"` acted against mean losses before it stepped on summed ones: a member
+    saved then trained otherwise than today's "all" does, whichever way its hash was made."""
+    path = tmp_path / "block_0.csv"
+    make_block().to_csv(path, index=False)
+    ingest_block(home, path, 0, LakeConfig())
+    today = RunConfig.from_dict({**CONFIG.to_dict(), "train": {**CONFIG.to_dict()["train"], "decay_on": "all"}})
+    train_member(home, 0, "bpr-0", today, progress=False)
+    folder = home.model_dir(0, member_dir_name("bpr-0"))
+    meta, model, data = io.read_metadata(folder), io.load(folder), load_block_data(home, 0)
+    saved_train = today.to_dict()["train"]
+    without_device = {k: v for k, v in saved_train.items() if k != "device"}
+    for fingerprint in (_digest(data, saved_train), _digest(data, without_device)):  # earlier, then 2026-11-24 morning
+        io.save(model, folder, {**meta["metadata"], "fingerprint": fingerprint})
+        assert train_member(home, 0, "bpr-0", today, progress=False)["status"] == "trained"

@@ -24,17 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from ccd import atomic
-from ccd.config import RunConfig
+from ccd.config import BEFORE_ADDED, RunConfig
 from ccd.errors import BadInputError
 from ccd.home import Home, safe_name
 from ccd.stages import DEFAULT_RUN_KEY
 
 PINNED_SECTIONS = ("train", "teacher", "distill", "continual")
 UNPINNED_KEYS = {("train", "device")}
-# Settings added to the code after runs were pinned whose default is not what the code did
-# before them: the value that did, so a run pinned without the key resumes as it started. Any
-# other key missing from a pin counts at its default (added with the old behaviour as default).
-BEFORE_ADDED: dict[tuple[str, str], Any] = {("continual", "select_on"): "block", ("train", "graph"): "block"}
 
 
 def pinned_settings(config: RunConfig) -> dict[str, Any]:
