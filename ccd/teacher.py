@@ -132,7 +132,8 @@ def _fit_or_load(
 ) -> tuple[Recommender, dict[str, Any]]:
     """The member saved for the same data and configs, else a freshly trained and saved one."""
     folder = home.model_dir(block, member_dir_name(name))
-    saved = _matching(folder, model_config, data, config) if not retrain else None
+    fingerprint = _fingerprint(data, config)
+    saved = _matching(folder, model_config, fingerprint, data, config) if not retrain else None
     if saved is not None:
         model, row = io.load(folder, device), {**saved["metadata"]["report"], "status": "reused"}
     else:
@@ -144,7 +145,7 @@ def _fit_or_load(
                 f"retraining it ({why}) would change their results: use another --home for another teacher"
             )
         model, row = _train_member(name, model_config, data, config, progress)
-        io.save(model, folder, {"block": block, "fingerprint": _fingerprint(data, config), "report": row, "run_config": config.to_dict()})
+        io.save(model, folder, {"block": block, "fingerprint": fingerprint, "report": row, "run_config": config.to_dict()})
     log.info("teacher member %s: %s", name, row)
     return model, row
 
@@ -221,8 +222,9 @@ def _digest(data: BlockData, train: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def _matching(folder: Path, model_config: Any, data: BlockData, config: RunConfig) -> dict[str, Any] | None:
-    """The saved member's metadata when it was trained on the same data and configs, else None."""
+def _matching(folder: Path, model_config: Any, fingerprint: str, data: BlockData, config: RunConfig) -> dict[str, Any] | None:
+    """The saved member's metadata when it was trained on the same data and configs (`fingerprint`
+    of them, or as earlier code hashed them), else None."""
     try:
         meta = io.read_metadata(folder)
     except io.ModelFileError:
@@ -231,7 +233,7 @@ def _matching(folder: Path, model_config: Any, data: BlockData, config: RunConfi
         return None
     saved = meta["metadata"].get("fingerprint")
     saved_train = meta["metadata"].get("run_config", {}).get("train")
-    if saved == _fingerprint(data, config) or _matches_as_saved_before(saved, saved_train, data, config):
+    if saved == fingerprint or _matches_as_saved_before(saved, saved_train, data, config):
         return meta
     return None
 
