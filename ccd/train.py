@@ -197,7 +197,7 @@ def train(
     sampler = NegativeSampler(seen, data.n_users, data.n_items, device)
     train_pairs = torch.as_tensor(data.train, device=device)
     extra = list(extension.parameters()) if extension is not None else []
-    row_decay, adam_decay = (config.weight_decay, 0.0) if config.decay_on == "batch" else (0.0, config.weight_decay)
+    adam_decay = config.weight_decay if config.decay_on == "all" else 0.0
     optimizer = torch.optim.Adam([*model.parameters(), *extra], lr=config.lr, weight_decay=adam_decay)
 
     history: list[dict[str, Any]] = []
@@ -207,7 +207,7 @@ def train(
     for epoch in bar:
         start, cpu_start = time.perf_counter(), time.process_time()
         batches = _batches(model, train_pairs, sampler, config, generator)
-        mean_loss = _one_epoch(model, batches, optimizer, row_decay, config.decay_on == "all", extension, epoch)
+        mean_loss = _one_epoch(model, batches, optimizer, config, extension, epoch)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         train_seconds += seconds
         cpu_seconds += cpu
@@ -248,14 +248,18 @@ def train(
 
 
 
-def _one_epoch(model: Recommender, batches: Iterator[Batch], optimizer: torch.optim.Optimizer, row_decay: float,
-               summed: bool, extension: Extension | None, epoch: int) -> float:
+def _one_epoch(model: Recommender, batches: Iterator[Batch], optimizer: torch.optim.Optimizer, config: TrainConfig,
+               extension: Extension | None, epoch: int) -> float:
     """One pass over the training data; the epoch's mean loss (its only device sync).
 
-    `summed` steps on the batch's loss summed over its rows instead of averaged, as the authors'
-    code does. Adam's step ignores the loss's scale except through its coupled weight decay (and
-    eps): against a mean over B rows, that decay would weigh B times more than the authors'.
+    Under `decay_on="batch"` the L2 is part of the model's loss, on the rows the batch uses.
+    Under `"all"` it is Adam's (set on `optimizer`), and the step is on the batch's loss summed
+    over its rows, as the authors' code does: Adam's step ignores the loss's scale except through
+    its coupled weight decay (and eps), so against a mean over B rows that decay would weigh B
+    times more than the authors'.
     """
+    row_decay = config.weight_decay if config.decay_on == "batch" else 0.0
+    summed = config.decay_on == "all"
     model.train()
     total, steps = None, 0
     if extension is not None:

@@ -154,6 +154,18 @@ def test_two_hop_without_neighbours_takes_most_popular_then_lower_id():
     assert torch.allclose(rows[1], (E_U[1] + E_U[0]) / 2)  # u1 (pop 2), then u0 before u2 (tie at 1)
 
 
+def test_two_hop_is_the_same_whatever_the_chunk():
+    """New ids are processed `chunk` at a time to bound memory; a chunk edge must not change a row."""
+    generator = torch.Generator().manual_seed(0)
+    own = torch.randn(30, 4, generator=generator)
+    pairs = torch.stack([torch.randint(0, 50, (400,), generator=generator),
+                         torch.randint(0, 25, (400,), generator=generator)], dim=1).numpy()
+    whole = model_init.two_hop(own, pairs, n_own=50, k=5)
+    assert whole.shape == (20, 4) and whole.abs().sum() > 0
+    for chunk in (1, 3, 7):
+        assert torch.allclose(model_init.two_hop(own, pairs, n_own=50, k=5, chunk=chunk), whole)
+
+
 def test_grow_tables_hand_computed():
     users, items = model_init.grow_tables(E_U, E_I, PAIRS, n_users=5, n_items=3, init="neighbour", k=2)
     assert torch.equal(users[:3], E_U) and torch.equal(items[:2], E_I)

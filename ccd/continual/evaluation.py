@@ -102,9 +102,9 @@ def plot_hmean(series: Mapping[str, Sequence[tuple[int, float]]], path: Path, ti
     return _plot(draw, path, title, "H-mean of LA and RA (Recall@20)")
 
 
-def hmean_points(block_summaries: Sequence[Mapping[str, Any]], metric: str = "recall@20") -> list[tuple[int, float]]:
-    """(block, H) for every block that has a summary."""
-    return [(s["block"], s["summary"][metric]["H"]) for s in block_summaries if s["summary"]]
+def hmean_points(block_summaries: Sequence[Mapping[str, Any]]) -> list[tuple[int, float]]:
+    """(block, H of Recall@20) for every block that has a summary: the measure the plots draw."""
+    return [(s["block"], s["summary"][METRICS[0]]["H"]) for s in block_summaries if s["summary"]]
 
 
 def lead_over(

@@ -22,6 +22,10 @@ from ccd.config import TrainConfig
 from ccd.data import BlockData
 from ccd.evaluate import ScoreFn, UserItemCSR, rank_metrics
 
+# Timed all-user passes: the best of up to this many, stopping once this many seconds are spent.
+TIMING_REPEATS = 3
+TIMING_BUDGET_S = 2.0
+
 
 @torch.no_grad()
 def scoring_latency_ms(
@@ -31,15 +35,13 @@ def scoring_latency_ms(
     k: int = 20,
     batch_users: int = TrainConfig.eval_batch_users,
     device: torch.device | str | None = None,
-    repeats: int = 3,
-    budget_s: float = 2.0,
 ) -> float:
     """Milliseconds to compute every user's top-`k` unseen items, in chunks.
 
     Serving's work: score a chunk, mask the seen pairs (`exclude`, (E, 2)), take the top-k.
     One warm-up chunk runs first, so lazy initialisation is not timed; CUDA work is
-    synchronised before the clock stops. The best of up to `repeats` passes is kept (the least
-    disturbed by other load); passes stop once `budget_s` seconds have been spent, so a slow
+    synchronised before the clock stops. The best of up to `TIMING_REPEATS` passes is kept (the least
+    disturbed by other load); passes stop once `TIMING_BUDGET_S` seconds have been spent, so a slow
     scorer such as a large ensemble is timed once.
     """
     seen = UserItemCSR.from_pairs(exclude, n_users, device)
@@ -56,12 +58,12 @@ def scoring_latency_ms(
 
     run(chunks[:1])
     best, spent = float("inf"), 0.0
-    for _ in range(repeats):
+    for _ in range(TIMING_REPEATS):
         start = time.perf_counter()
         run(chunks)
         elapsed = time.perf_counter() - start
         best, spent = min(best, elapsed), spent + elapsed
-        if spent >= budget_s:
+        if spent >= TIMING_BUDGET_S:
             break
     return 1000.0 * best
 

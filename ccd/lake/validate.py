@@ -366,9 +366,10 @@ def _quote(data: pd.DataFrame, row: int, columns: tuple[str, ...]) -> str:
     return values[0] if len(values) == 1 else "(" + ", ".join(values) + ")"
 
 
-def _short(value: Any, width: int = 40) -> str:
+def _short(value: Any) -> str:
+    """A value quoted in an error message, cut to 40 characters so one bad cell cannot flood it."""
     text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _drop_duplicates(frame: pd.DataFrame) -> pd.DataFrame:

@@ -32,9 +32,11 @@ from ccd.models import Recommender, io
 from ccd.registry import ModelVersion
 
 METRIC = "recall@20"
-# Timing: repeats of a one-user request (the serving path) and the users of one batch call.
+# Timing: repeats of a one-user request (the serving path), the users of one batch call, and
+# the list length asked for (serving's default k).
 LATENCY_REPEATS = 50
 LATENCY_BATCH = 256
+LATENCY_K = 20
 
 
 @dataclass(frozen=True)
@@ -96,13 +98,13 @@ def collect(home: Home, latency: bool = True) -> DashboardData:
     )
 
 
-def measure_latency(model: Recommender, k: int = 20) -> dict[str, float]:
-    """Scoring latency of a loaded model: median ms of a one-user top-`k`, ms of a batch call.
+def measure_latency(model: Recommender) -> dict[str, float]:
+    """Scoring latency of a loaded model: median ms of a one-user top-`LATENCY_K`, ms of a batch call.
 
     Seen-item exclusion is left out: it is a lookup, the same for every model, while scoring
     all items is what grows with the model.
     """
-    k = min(k, model.n_items)
+    k = min(LATENCY_K, model.n_items)
     generator = np.random.default_rng(0)
     users = torch.as_tensor(generator.integers(0, model.n_users, LATENCY_REPEATS))
     model.recommend(users[:1], k)  # warm-up: first-call allocations
