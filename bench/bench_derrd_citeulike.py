@@ -183,7 +183,7 @@ def run_method(method: str, data, teacher: BPRMF | None, out: Path, args: argpar
     extension = None
     if method != "none":
         signal = TeacherSignal.from_model(teacher, block, config, device=device)
-        extension = Distiller(student, signal, block.seen_train, config, device)
+        extension = Distiller(student, signal, block.seen_train, config, device, len(block.train))
     args.label = f"{method} d={args.student_dim}"
     report = fit(student, data, extension, args, device, out / f"{method}.checkpoint.pt")
     report.update(method=method, dim=args.student_dim, params=student.parameter_count(), config=vars(config), command=" ".join(sys.argv))

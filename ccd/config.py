@@ -187,6 +187,11 @@ class DistillConfig:
     n_interesting: int = 40
     n_uninteresting: int = 40
     top_n: int = 500
+    # Whose lists RRD distils. "batch": the users of each BPR batch (DE-RRD, CCD's KD), so on a
+    # continual block only the block's active users learn from the teacher's lists. "all":
+    # besides them, every known user once an epoch, spread over the epoch's batches, so what
+    # the teacher keeps (or forgets) about users absent from the block reaches the student too.
+    rrd_users: Literal["batch", "all"] = "batch"
     # The authors later found the teacher's plain top-K better than rank-weighted sampling
     # (spec 3, "later author note"); True gives the paper's p(r) ~ exp(-r / T) sampling.
     sample_interesting: bool = False

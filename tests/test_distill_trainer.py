@@ -56,7 +56,7 @@ def test_distiller_loss_is_the_documented_composition(small_teacher):
     config_rd = DistillConfig(**{**SMALL.__dict__, "method": "rd"})
     signal = TeacherSignal.from_model(teacher, data, config)
     student = make_student(RunConfig(distill=config), data.n_users, data.n_items, teacher.dim)
-    distiller = Distiller(student, signal, data.seen_train, config, torch.device("cpu"))
+    distiller = Distiller(student, signal, data.seen_train, config, torch.device("cpu"), len(data.train))
     distiller.start_epoch(3)
     batch = _batch(data)
     got = distiller.loss(Batch(batch.users, batch.pos, batch.neg, torch.Generator().manual_seed(5)))
@@ -77,7 +77,7 @@ def test_distiller_loss_is_the_documented_composition(small_teacher):
     assert distiller.tau == pytest.approx(tau)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
 
-    rd = Distiller(student, signal, data.seen_train, config_rd, torch.device("cpu"))
+    rd = Distiller(student, signal, data.seen_train, config_rd, torch.device("cpu"), len(data.train))
     rd.start_epoch(1)
     top = signal.user_lists[u, :4]
     expected_rd = 0.1 * rd_loss((users[u, None] * items[top]).sum(-1), rank_weights(4, 5.0)).sum() / len(batch.users)
@@ -85,12 +85,43 @@ def test_distiller_loss_is_the_documented_composition(small_teacher):
     assert list(rd.parameters()) == []  # RD trains nothing but the student
 
 
+def test_all_user_rrd_distils_every_user_once_an_epoch(small_teacher):
+    """`rrd_users="all"`: each batch adds its share of a per-epoch user order, so over one epoch's
+    batches every user's list is distilled, active in the block or not; the loss is RRD over
+    the batch's users and that share."""
+    data, teacher = small_teacher
+    config = DistillConfig(**{**SMALL.__dict__, "method": "rrd", "rrd_users": "all"})
+    signal = TeacherSignal.from_model(teacher, data, config)
+    student = make_student(RunConfig(distill=config), data.n_users, data.n_items, teacher.dim)
+    rows = torch.as_tensor(data.train)
+    rows = rows[rows[:, 0] < 40]  # the block: users 40.. have no pair in it
+    for epoch in (1, 2):
+        distiller = Distiller(student, signal, data.seen_train, config, torch.device("cpu"), len(rows))
+        distiller.start_epoch(epoch)
+        reached = []
+        for chunk in rows.split(37):
+            users = distiller._rrd_users(torch.unique(chunk[:, 0]), len(chunk))
+            assert set(chunk[:, 0].tolist()) <= set(users.tolist())
+            reached.append(users)
+        assert set(torch.cat(reached).tolist()) == set(range(data.n_users))
+    assert data.n_users > 40
+
+    distiller = Distiller(student, signal, data.seen_train, config, torch.device("cpu"), len(rows))
+    distiller.start_epoch(1)
+    batch = _batch(data)
+    union = torch.unique(torch.cat([torch.unique(batch.users), distiller.user_order[: round(len(batch.users) * distiller.users_per_row)]]))
+    users, items = student.user_emb, student.item_emb
+    inter, unint = distiller.interesting[union], distiller.uninteresting[union]
+    expected = 0.001 * rrd_loss((users[union, None] * items[inter]).sum(-1), (users[union, None] * items[unint]).sum(-1)).sum()
+    assert distiller.loss(batch).item() == pytest.approx(expected.item() / len(batch.users), rel=1e-5)
+
+
 def test_sets_never_hold_observed_pairs_and_are_redrawn_each_epoch(small_teacher):
     data, teacher = small_teacher
     config = DistillConfig(**{**SMALL.__dict__, "method": "de-rrd-ir", "sample_interesting": True})
     signal = TeacherSignal.from_model(teacher, data, config)
     student = make_student(RunConfig(distill=config), data.n_users, data.n_items, teacher.dim)
-    distiller = Distiller(student, signal, data.seen_train, config, torch.device("cpu"))
+    distiller = Distiller(student, signal, data.seen_train, config, torch.device("cpu"), len(data.train))
     seen = {tuple(p) for p in data.seen_train.tolist()}
     draws = []
     for epoch in (1, 2):
@@ -126,11 +157,11 @@ def test_errors_name_what_is_missing(small_teacher):
     no_items = TeacherSignal.from_lists(lists, None, data, 8, teacher.user_item_representations()["final"])
     student = make_student(RunConfig(distill=SMALL), data.n_users, data.n_items, 8)
     with pytest.raises(TrainingError, match="representations"):
-        Distiller(student, no_reps, data.seen_train, SMALL, torch.device("cpu"))
+        Distiller(student, no_reps, data.seen_train, SMALL, torch.device("cpu"), len(data.train))
     with pytest.raises(TrainingError, match="item lists"):
-        Distiller(student, no_items, data.seen_train, DistillConfig(**{**SMALL.__dict__, "method": "de-rrd-ir"}), torch.device("cpu"))
+        Distiller(student, no_items, data.seen_train, DistillConfig(**{**SMALL.__dict__, "method": "de-rrd-ir"}), torch.device("cpu"), len(data.train))
     with pytest.raises(TrainingError, match="n_interesting=40"):
-        Distiller(student, no_items, data.seen_train, DistillConfig(method="rrd"), torch.device("cpu"))
+        Distiller(student, no_items, data.seen_train, DistillConfig(method="rrd"), torch.device("cpu"), len(data.train))
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

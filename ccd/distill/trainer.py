@@ -10,6 +10,10 @@ deduplicated) the step's loss is
     L = L_BPR + (1/B)·[ λ_DE·(DE(U_b) + ½(DE(I⁺_b) + DE(I⁻_b)))
                         + λ_RRD·Σ_{u∈U_b} RRD(u) + λ_IR·Σ_{i∈I⁺_b∪I⁻_b} IR-RRD(i) + λ_RD·Σ_{u∈U_b} RD(u) ]
 
+With `distill.rrd_users = "all"` RRD's users are U_b plus the batch's share of a per-epoch
+permutation of every user, so each known user is distilled once an epoch whether or not the
+block has data for them.
+
 The spec's λ's weigh terms against a BPR loss *summed* over the batch; the loop's BPR loss is a
 mean, so the distillation sums are divided by B, which keeps the spec's ratios. Interesting and
 uninteresting sets are redrawn at the start of every epoch and DE's Gumbel temperature follows
@@ -156,9 +160,11 @@ class Distiller:
     """
 
     def __init__(
-        self, student: Recommender, teacher: TeacherSignal, observed: np.ndarray, config: DistillConfig, device: torch.device
+        self, student: Recommender, teacher: TeacherSignal, observed: np.ndarray, config: DistillConfig, device: torch.device,
+        n_train: int,
     ) -> None:
         self.student, self.teacher, self.config, self.device = student, teacher, config, device
+        self.users_per_row = student.n_users / max(n_train, 1)  # all-user RRD: extra users per BPR triple
         self.terms = METHODS[config.method]
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.tau = config.tau_start
@@ -195,6 +201,8 @@ class Distiller:
             self.interesting = sample_interesting(lists, c.n_interesting, c.sample_interesting, c.rank_temperature, self.generator)
             rows = torch.arange(self.student.n_users, device=self.device)
             self.uninteresting = sample_uninteresting(self.student.n_items, c.n_uninteresting, self.forbidden_items, rows, self.generator)
+            self.user_order = torch.randperm(self.student.n_users, generator=self.generator, device=self.device)
+            self.rows_done = 0
         if "ir" in self.terms:
             lists = self.teacher.item_lists.to(self.device)
             self.interesting_users = sample_interesting(
@@ -219,7 +227,8 @@ class Distiller:
             de_items = sum(de_item(item_rep[i], t_items[i], self.tau, batch.generator).sum() for i in (pos, neg))
             total = total + c.lambda_de * (de + 0.5 * de_items)
         if "rrd" in self.terms:
-            scores = _pair_scores(user_rep[users], item_rep, self.interesting[users], self.uninteresting[users])
+            rrd_users = self._rrd_users(users, len(batch.users))
+            scores = _pair_scores(user_rep[rrd_users], item_rep, self.interesting[rrd_users], self.uninteresting[rrd_users])
             total = total + c.lambda_rrd * rrd_loss(*scores).sum()
         if "ir" in self.terms:
             items = torch.unique(torch.cat([batch.pos, batch.neg]))
@@ -229,6 +238,16 @@ class Distiller:
             scores = torch.einsum("bd,bkd->bk", user_rep[users], item_rep[self.rd_items[users]])  # (U, K_RD)
             total = total + c.lambda_rd * rd_loss(scores, self.rd_weights).sum()
         return total / len(batch.users)
+
+    def _rrd_users(self, batch_users: torch.Tensor, rows: int) -> torch.Tensor:
+        """The batch's users, plus (`rrd_users == "all"`) its share of this epoch's user order:
+        the slice that brings the order up to this batch's place in the epoch."""
+        if self.config.rrd_users == "batch":
+            return batch_users
+        start = round(self.rows_done * self.users_per_row)
+        self.rows_done += rows
+        extra = self.user_order[start:round(self.rows_done * self.users_per_row)]
+        return torch.unique(torch.cat([batch_users, extra]))
 
 
 def _pair_scores(
@@ -334,7 +353,7 @@ def distill(
     student.to(device)
     extension = None
     if config.distill.method != "none":
-        extension = Distiller(student, teacher, data.seen_train, config.distill, device)
+        extension = Distiller(student, teacher, data.seen_train, config.distill, device, len(data.train))
     result = train(student, data, config.train, seed=config.distill.seed, progress=progress, extension=extension,
                    validator=validator)
     return DistillResult(student, config.distill.method, result)
