@@ -11,6 +11,7 @@ from ccd.config import DistillConfig, RunConfig, TrainConfig
 from ccd.distill.experts import temperature
 from ccd.distill.rd import rank_weights, rd_loss
 from ccd.distill.rrd import rrd_loss
+from ccd.distill.sampling import sample_interesting, sample_uninteresting
 from ccd.distill.trainer import METHODS, Distiller, TeacherSignal, distill, make_student
 from ccd.ensemble import ITEM_TOPK, USER_TOPK, read_topk, write_topk
 from ccd.errors import TrainingError
@@ -114,6 +115,26 @@ def test_all_user_rrd_distils_every_user_once_an_epoch(small_teacher):
     inter, unint = distiller.interesting[union], distiller.uninteresting[union]
     expected = 0.001 * rrd_loss((users[union, None] * items[inter]).sum(-1), (users[union, None] * items[unint]).sum(-1)).sum()
     assert distiller.loss(batch).item() == pytest.approx(expected.item() / len(batch.users), rel=1e-5)
+
+
+def test_batch_rrd_draws_only_the_sets(small_teacher):
+    """With `rrd_users="batch"` an epoch's draws are the four sets alone, in order, so runs
+    distilled before all-user RRD existed are reproduced draw for draw."""
+    data, teacher = small_teacher
+    config = DistillConfig(**{**SMALL.__dict__, "method": "rrd-ir"})
+    signal = TeacherSignal.from_model(teacher, data, config)
+    student = make_student(RunConfig(distill=config), data.n_users, data.n_items, teacher.dim)
+    distiller = Distiller(student, signal, data.seen_train, config, torch.device("cpu"), len(data.train))
+    distiller.start_epoch(1)
+    gen = torch.Generator().manual_seed(config.seed)
+    c = config
+    sample_interesting(signal.user_lists, c.n_interesting, c.sample_interesting, c.rank_temperature, gen)
+    sample_uninteresting(data.n_items, c.n_uninteresting, distiller.forbidden_items, torch.arange(data.n_users), gen)
+    interesting_users = sample_interesting(signal.item_lists, c.n_interesting_users, c.sample_interesting, c.rank_temperature, gen)
+    uninteresting_users = sample_uninteresting(data.n_users, c.n_uninteresting_users, distiller.forbidden_users,
+                                               torch.arange(data.n_items), gen)
+    assert torch.equal(distiller.interesting_users, interesting_users)
+    assert torch.equal(distiller.uninteresting_users, uninteresting_users)
 
 
 def test_sets_never_hold_observed_pairs_and_are_redrawn_each_epoch(small_teacher):

@@ -201,8 +201,9 @@ class Distiller:
             self.interesting = sample_interesting(lists, c.n_interesting, c.sample_interesting, c.rank_temperature, self.generator)
             rows = torch.arange(self.student.n_users, device=self.device)
             self.uninteresting = sample_uninteresting(self.student.n_items, c.n_uninteresting, self.forbidden_items, rows, self.generator)
-            self.user_order = torch.randperm(self.student.n_users, generator=self.generator, device=self.device)
-            self.rows_done = 0
+            if c.rrd_users == "all":  # drawn only then, so "batch" keeps the draws it always had
+                self.user_order = torch.randperm(self.student.n_users, generator=self.generator, device=self.device)
+                self.rows_done = 0
         if "ir" in self.terms:
             lists = self.teacher.item_lists.to(self.device)
             self.interesting_users = sample_interesting(
