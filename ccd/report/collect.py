@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ccd import registry
+from ccd.config import ServingConfig
 from ccd.errors import CcdError
 from ccd.home import Home
 from ccd.lake import catalog
@@ -36,7 +37,7 @@ METRIC = "recall@20"
 # the list length asked for (serving's default k).
 LATENCY_REPEATS = 50
 LATENCY_BATCH = 256
-LATENCY_K = 20
+LATENCY_K = ServingConfig.default_k
 
 
 @dataclass(frozen=True)
