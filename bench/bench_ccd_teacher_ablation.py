@@ -14,7 +14,8 @@ model). Nothing is written to the home.
 Variants: `plain` (BPR only: the KD baseline's update), `lwckd` (BPR + LWC-KD), `exclusion`
 (BPR with the exclusion lists), `replay` (BPR + replay + exclusion lists), `full` (CCD's update),
 `full-bpr` (replay in the BPR form, `continual.teacher_replay_form`), `full-proxies` (replay
-from S and P only, not the updated student), and `full-replay-<w>` for each `--replay-weights`.
+from S and P only, not the updated student), `full-idle` (replay only for old users without
+pairs in the block, `continual.teacher_replay_users`), and `full-replay-<w>` for each `--replay-weights`.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def main() -> None:
         "full": (sources, True, {}),
         "full-bpr": (sources, True, {"teacher_replay_form": "bpr"}),
         "full-proxies": (proxies, True, {}),
+        "full-idle": (sources, True, {"teacher_replay_users": "idle"}),
     }
     chosen = {name: variants[name] for name in args.variants.split(",") if name}
     for weight in filter(None, args.replay_weights.split(",")):

@@ -280,6 +280,11 @@ class ContinualConfig:
     # student's logits are large (labels ~1.0), so BCE inflates a 64-dim member's scores of
     # whatever the student likes (docs/benchmarks.md, the ablation).
     teacher_replay_form: Literal["bce", "bpr"] = "bce"
+    # Whom the teacher's replay draws for: "old", every old user (the spec's); "idle", only old
+    # users without training pairs in the block, whose rows nothing else holds, so the block's
+    # active users (its test users) learn their new tastes unopposed. The exclusion lists cover
+    # every old user either way.
+    teacher_replay_users: Literal["old", "idle"] = "old"
     # Epochs between redraws of the replay set (spec: redrawn at epoch 5); the teacher's
     # reference ranks are its current state at each redraw.
     replay_resample_every: int = 5

@@ -17,11 +17,11 @@ from ccd.continual.distill_stage import distill_block
 from ccd.continual.evaluation import evaluate_block, gate_metrics, lead_over, plot_hmean, plot_lead, summaries
 from ccd.continual.exclusion import cap, list_pairs, top_pairs
 from ccd.continual.lwckd import LwcKd, contrastive_kd_loss, imitation_weights, layer_tables
-from ccd.continual.replay import ReplayLoss, ReplaySet
+from ccd.continual.replay import ReplayLoss, ReplaySet, top_items
 from ccd.continual.state import Layout
 from ccd.continual.student_update import make_proxies, update_student
 from ccd.continual.teacher_update import update_member
-from ccd.continual.updates import clone
+from ccd.continual.updates import ProxyReplay, clone
 from ccd.data import BlockData
 from ccd.ensemble import write_topk
 from ccd.models import Batch, BPRConfig, BPRMF, LightGCNConfig, VAEConfig, build_model
@@ -301,6 +301,32 @@ def test_teacher_replay_form_and_weight_zero(monkeypatch):
     # At weight 0 the sources give only the exclusion lists: nothing is ever drawn.
     monkeypatch.setattr("ccd.continual.updates.ProxyReplay.draw", lambda *a: pytest.fail("drew a replay set"))
     update_member(member, b1, b0.train, tiny_config(teacher_replay_weight=0.0), sources, progress=False)
+
+
+def test_idle_teacher_replay_draws_only_for_old_users_without_new_pairs(monkeypatch):
+    b0, b1 = tiny_stream(2)
+    member = trained(BPRConfig(dim=8, seed=0), b0, tiny_config())
+    student = trained(BPRConfig(dim=4, seed=0), b0, tiny_config())
+    sources = [(make_proxies(student, None, None, tiny_config().continual)[0], 2)]
+    idle = np.setdiff1d(np.arange(b0.n_users), b1.train[:, 0])
+    drawn, excluded = [], []
+    real_draw, real_exclusion = ProxyReplay.draw, ProxyReplay.exclusion_pairs
+    monkeypatch.setattr(ProxyReplay, "draw", lambda self, seed: drawn.append(real_draw(self, seed)) or drawn[-1])
+    monkeypatch.setattr(ProxyReplay, "exclusion_pairs", lambda self, k: excluded.append(real_exclusion(self, k)) or excluded[-1])
+    for which, users in (("old", np.arange(b0.n_users)), ("idle", idle)):
+        drawn.clear()
+        excluded.clear()
+        update_member(member, b1, b0.train, tiny_config(teacher_replay_users=which), sources, progress=False)
+        assert drawn and all(np.array_equal(np.unique(s.users), users) for s in drawn)
+        assert np.array_equal(np.unique(excluded[0][:, 0]), np.arange(b0.n_users))  # every old user either way
+
+
+def test_top_items_restricted_keeps_the_chosen_users_lists():
+    scores = torch.tensor([[0.1, 0.9, 0.5], [0.3, 0.2, 0.1], [0.0, 0.4, 0.8]])
+    tops = top_items(lambda users: scores[users], np.arange(3), None, 2, 2)
+    kept = tops.restricted(np.array([2, 0]))
+    assert kept.users.tolist() == [0, 2]
+    assert kept.items.tolist() == [[1, 2], [2, 1]] and torch.equal(kept.scores, tops.scores[[0, 2]])
 
 
 def test_distill_block_starts_from_the_previous_student_or_fresh(tmp_path):

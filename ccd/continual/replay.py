@@ -68,6 +68,11 @@ class TopItems:
         users = np.broadcast_to(self.users[:, None], items.shape)
         return np.stack([users[finite], items[finite]], 1).astype(np.int64)
 
+    def restricted(self, keep: np.ndarray) -> "TopItems":
+        """The lists of the users in `keep` only, in the same order."""
+        rows = torch.from_numpy(np.flatnonzero(np.isin(self.users, keep)))
+        return TopItems(self.users[rows.numpy()], self.items[rows], self.scores[rows])
+
 
 @torch.no_grad()
 def top_items(

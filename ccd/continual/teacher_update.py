@@ -106,7 +106,9 @@ def update_member(
         sources = [(m.to(device).eval(), n) for m, n in (sources or []) if n > 0]
         if sources:
             recent = recent_items(data, previous_train, device)
-            replay = ProxyReplay(model, sources, np.arange(member.n_users), recent, c.teacher_top, c.replay_eps, c.replay_batch_users)
+            old_users = np.arange(member.n_users)
+            replayed = replay_users(old_users, data, c.teacher_replay_users)
+            replay = ProxyReplay(model, sources, old_users, recent, c.teacher_top, c.replay_eps, c.replay_batch_users, replayed)
             if c.teacher_replay_weight > 0:  # at 0 the sources only give the exclusion lists
                 steps = steps_per_epoch(len(data.train), settings.batch_size)
                 parts.append(ReplayLoss(model, lambda epoch: replay.draw(seed + epoch), steps, c.teacher_replay_weight,
@@ -116,3 +118,14 @@ def update_member(
     exclude = np.concatenate(negatives) if negatives else None
     result = train(model, data, settings, seed=seed, exclude_negatives=exclude, progress=progress, extension=extension)
     return model, result
+
+
+def replay_users(old_users: np.ndarray, data: BlockData, which: str) -> np.ndarray | None:
+    """Whom the teacher's replay draws for (`continual.teacher_replay_users`): None for every old
+    user, or only the idle ones, those without a training pair in the block. The new block's
+    test users are its active users, so replaying their old tastes trades the block's accuracy
+    for stability that BPR and LWC-KD already give them; idle users get no BPR gradient and are
+    the ones that forget (under Adam's decay on every row)."""
+    if which == "old":
+        return None
+    return np.setdiff1d(old_users, data.train[:, 0])

@@ -66,24 +66,27 @@ class ProxyReplay:
         The model whose ranks weight the draws.
     sources : list of (model, samples per user)
     users : np.ndarray, shape (U,)
-        The old users to replay for.
+        The old users whose source lists are kept (the exclusion lists cover them all).
     recent : UserItemCSR
         Items never drawn (`recent_items`).
     top : int
         Only each source's first `top` ranks can be drawn.
     eps : float
         Sharpness of the rank-disagreement weight.
+    replay_users : np.ndarray, optional
+        The users drawn for, a subset of `users` (default: all of them).
     """
 
     def __init__(self, reference: Recommender, sources: list[tuple[Recommender, int]], users: np.ndarray,
-                 recent: UserItemCSR, top: int, eps: float, batch_users: int) -> None:
+                 recent: UserItemCSR, top: int, eps: float, batch_users: int, replay_users: np.ndarray | None = None) -> None:
         self.reference, self.eps, self.batch_users = reference, eps, batch_users
         self.tops = [(top_items(source.score, users, recent, min(top, source.n_items), batch_users, reference.device), n)
                      for source, n in sources]
+        self.drawn = self.tops if replay_users is None else [(tops.restricted(replay_users), n) for tops, n in self.tops]
 
     def draw(self, seed: int) -> ReplaySet:
         """A replay set: the union of each source's draws; a pair drawn twice keeps its larger label."""
-        return draw_replay(self.reference.score, self.tops, self.eps, seed, self.batch_users, self.reference.device)
+        return draw_replay(self.reference.score, self.drawn, self.eps, seed, self.batch_users, self.reference.device)
 
     def exclusion_pairs(self, k: int) -> np.ndarray:
         """Every user's first `k` items under each source, shape (E, 2), never BPR negatives."""
