@@ -29,6 +29,7 @@ The whole result is also written to `<home>/reports/stream/bench_ccd.json` (`ben
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -45,6 +46,7 @@ from ccd.config import RunConfig
 from ccd.continual import evaluation
 from ccd.continual.loop import run_stream
 from ccd.continual.pinned_config import pin_config, pinned_settings, run_settings
+from ccd.continual.updates import update_config
 from ccd.continual.state import METHODS
 from ccd.home import Home
 from ccd.lake.ingest import ingest_folder
@@ -104,18 +106,15 @@ def main() -> None:
 
 
 # What KD's teacher update reads (`teacher_update.update_member` without the collaborative terms,
-# then the ensemble): keys that agree on these train the same teacher.
-KD_TEACHER_SECTIONS = ("teacher", "train")
-KD_TEACHER_CONTINUAL = ("update_epochs", "update_lr", "update_batch_size", "init", "init_k")
+# then the ensemble): keys that agree on these train the same teacher. Its training settings are
+# `update_config`'s, i.e. `train` with the continual section's epochs, lr and batch size.
+KD_TEACHER_CONTINUAL = ("init", "init_k")
 
 
 def share_kd_teacher(home: Home, config: RunConfig, source_key: str, run_key: str, first: int, last: int | None) -> None:
     """Copy `source_key`'s finished KD teacher stages (members, ensemble) of blocks first..last to
     `run_key`'s ledger, after checking that no setting of KD's teacher differs."""
-    mine, theirs = pinned_settings(config), pinned_settings(run_settings(home, source_key, {}))
-    keys = [(section, key) for section in KD_TEACHER_SECTIONS for key in mine[section]]
-    keys += [("continual", key) for key in KD_TEACHER_CONTINUAL]
-    differ = [f"{section}.{key}" for section, key in keys if mine[section][key] != theirs[section][key]]
+    differ = kd_teacher_differences(config, run_settings(home, source_key, {}))
     if differ:
         raise SystemExit(f"--kd-teacher-from {source_key}: teacher settings differ: {', '.join(differ)}")
     pin_config(home, run_key, config)  # a key that refuses these settings gets no copied records
@@ -131,6 +130,15 @@ def share_kd_teacher(home: Home, config: RunConfig, source_key: str, run_key: st
         block += 1
     taken = f"blocks {max(first, 1)}..{block - 1}" if block > max(first, 1) else "none"
     print(f"kd: teacher stages taken from run key {source_key!r}: {taken}", file=sys.stderr)
+
+
+def kd_teacher_differences(mine: RunConfig, theirs: RunConfig) -> list[str]:
+    """The settings of KD's teacher update that differ between two runs' configs."""
+    ours, other = pinned_settings(mine), pinned_settings(theirs)
+    keys = [("teacher", key) for key in ours["teacher"]] + [("continual", key) for key in KD_TEACHER_CONTINUAL]
+    differ = [f"{section}.{key}" for section, key in keys if ours[section][key] != other[section][key]]
+    update, their_update = dataclasses.asdict(update_config(mine)), dataclasses.asdict(update_config(theirs))
+    return differ + [f"the update's train.{key}" for key in update if update[key] != their_update[key]]
 
 
 def write_summary(path: Path, summary: dict[str, Any], process: dict[str, Any]) -> None:
