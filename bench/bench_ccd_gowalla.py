@@ -46,8 +46,8 @@ from ccd.config import RunConfig
 from ccd.continual import evaluation
 from ccd.continual.loop import run_stream
 from ccd.continual.pinned_config import pin_config, pinned_settings, run_settings
-from ccd.continual.updates import update_config
 from ccd.continual.state import METHODS
+from ccd.continual.updates import update_config
 from ccd.home import Home
 from ccd.lake.ingest import ingest_folder
 from ccd.models import parse_members
