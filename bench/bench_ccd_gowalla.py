@@ -45,7 +45,7 @@ from ccd.atomic import write_text
 from ccd.config import RunConfig
 from ccd.continual import evaluation
 from ccd.continual.loop import run_stream
-from ccd.continual.pinned_config import pin_config, pinned_settings, run_settings
+from ccd.continual.pinned_config import pin_config, pin_path, pinned_settings, run_settings
 from ccd.continual.state import METHODS
 from ccd.continual.updates import update_config
 from ccd.home import Home
@@ -82,6 +82,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     home = Home.resolve(args.home)
+    if args.kd_teacher_from and not pin_path(home, args.kd_teacher_from).exists():
+        raise SystemExit(f"--kd-teacher-from: no run key {args.kd_teacher_from!r} in {home.root} (see its runs/ folder)")
     # As `ccd stream` reads them: the run key's pinned settings with what is named here on top.
     config = run_settings(home, args.run_key, RunConfig.named(None, DEFAULTS + args.overrides))
 
