@@ -3,7 +3,8 @@
     python -m flows.retrain 1 --stages distill --set train.lr=0.01 --home .ccd
     prefect deployment run 'retrain/retrain' -p block=1 -p 'stages=["distill"]' -p 'config={"train": {"lr": 0.01}}'
 
-The stages run under a new run key (`retrain-<UTC time>` unless given): the loop writes their
+The stages run under a new run key (`retrain-<flow run id>` unless given, the same for every
+retry of the run): the loop writes their
 models under `.../block=K/run=<key>/` and the stage ledger records them under the key, so the
 block's earlier results (and every other block's) stay as they were. The retrained CCD student
 is registered as a new version and proposed through the registry's gate.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import prefect.runtime.flow_run
 from prefect import flow
 
 from ccd.config import RunConfig
@@ -56,6 +58,15 @@ def retrain_groups(block: int, stages: list[str] | None, method: str, config: Ru
     return plan[min(labels.index(s) for s in chosen):]
 
 
+def default_run_key() -> str:
+    """`retrain-<flow run id>`: the same for every retry of one flow run, so a retried retrain
+    resumes its own stages instead of redoing them under a new key (and registering twice)."""
+    run_id = prefect.runtime.flow_run.id
+    if run_id is None:  # called outside a flow run (`retrain.fn`)
+        return f"retrain-{catalog.utc_now():%Y%m%dT%H%M%S}"
+    return f"retrain-{str(run_id)[:8]}"
+
+
 @flow(name="retrain", flow_run_name="retrain block {block}", log_prints=True)
 def retrain(
     block: int,
@@ -76,7 +87,7 @@ def retrain(
     """
     check_options("register", method)
     where = Home.resolve(home)
-    key = run_key or f"retrain-{catalog.utc_now():%Y%m%dT%H%M%S}"
+    key = run_key or default_run_key()
     values = run_settings(where, key, config or {})
     groups = retrain_groups(block, stages, method, values)
     print(f"retraining {' → '.join(stage_label(g[0]) for g in groups)} of block {block} ({method}) under run key {key}")

@@ -132,6 +132,20 @@ def test_gate_compares_with_production_rescored_on_the_same_tests_while_it_is_pr
     assert "on the same tests" not in stale.reason
 
 
+def test_gate_keeps_a_retrain_of_an_older_block_back_however_good(home):
+    """A retrain of block 1 must not replace a production that knows blocks 2-3's ids."""
+    registry.propose(home, "student", add(home, 0.20, block=3).version)
+    retrained = registry.propose(home, "student", add(home, 0.90, block=1).version)
+    assert not retrained.promoted
+    assert retrained.reason == (
+        "trained through block 1, older than production v1's block 3: "
+        "it would not know the newer blocks' users and items"
+    )
+    assert registry.aliases(home, "student") == {"candidate": 2, "production": 1}
+    same_block = registry.propose(home, "student", add(home, 0.30, block=3).version)
+    assert same_block.promoted
+
+
 def test_gate_tolerance_edge_is_inclusive(home):
     gate = GateConfig(metric=METRIC, tolerance=0.005)
     registry.propose(home, "student", add(home, 0.300).version, gate)

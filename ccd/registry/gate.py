@@ -1,11 +1,13 @@
 """The promotion gate: a new version becomes production only if it is sane and not worse.
 
-`propose` runs two checks and records the outcome as a decision:
+`propose` runs three checks and records the outcome as a decision:
 
 1. Sanity. Metrics are present (the gate metric among them) and all finite, the parameter count
    is positive, the artifact exists and matches its registered sha256. A version that fails is
    marked "rejected"; no alias moves, so nothing broken can become the candidate either.
-2. Quality. The gate metric (`GateConfig.metric`, higher is better) must not be more than
+2. Freshness. A version trained through an older block than production's (a retrain of a past
+   block) is kept back as candidate: promoting it would drop the newer blocks' users and items.
+3. Quality. The gate metric (`GateConfig.metric`, higher is better) must not be more than
    `GateConfig.tolerance` (absolute) below the current production's. The first sane version of
    a name is promoted, as is any sane version when production has no finite value of the metric
    to compare with. A version that is worse gets the `candidate` alias and status "candidate",
@@ -92,6 +94,11 @@ def compare(target: ModelVersion, production: ModelVersion | None, gate: GateCon
     value = target.metrics[gate.metric]
     if production is None:
         return True, f"first sane {target.name}: no production yet ({gate.metric} {value:.4f})", None
+    if target.block < production.block:
+        return False, (
+            f"trained through block {target.block}, older than production v{production.version}'s "
+            f"block {production.block}: it would not know the newer blocks' users and items"
+        ), production.metrics.get(gate.metric)
     same_tests = production.version in (rescored or {})
     baseline = rescored[production.version] if same_tests else production.metrics.get(gate.metric)
     where = " on the same tests" if same_tests else ""

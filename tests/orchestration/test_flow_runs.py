@@ -20,8 +20,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import prefect.runtime.flow_run
 import pytest
 import torch
+from prefect import flow
 
 from ccd import registry, stages
 from ccd.errors import ValidationFailedError
@@ -30,7 +32,7 @@ from ccd.lake import catalog
 from ccd.locking import file_lock
 from flows.backfill import backfill
 from flows.backfill import main as backfill_main
-from flows.retrain import retrain
+from flows.retrain import default_run_key, retrain
 from flows.stream_ingest import stream_ingest
 from tests.conftest import REPO, SAMPLE, make_block
 
@@ -210,9 +212,19 @@ def test_a_retrain_registers_a_new_candidate_and_leaves_earlier_results_alone(ki
     assert (newest.version, newest.block, newest.lineage["run_key"]) == (BLOCKS + 1, 1, "retrain-lr")
     assert newest.artifact.endswith("run=retrain-lr/student")
     assert artifact("registry-block-1-retrain-lr").data.startswith(f"# Registry: student v{BLOCKS + 1} of block 1")
-    decision = result["stages"]["register"]  # through the gate: production if good enough, else candidate
-    assert decision["version"] == newest.version
-    assert registry.aliases(home, "student")["production" if decision["promoted"] else "candidate"] == newest.version
+    decision = result["stages"]["register"]  # block 1 is older than production's block 2: kept back
+    assert decision["version"] == newest.version and not decision["promoted"]
+    assert "older than production" in decision["reason"]
+    assert registry.aliases(home, "student")["candidate"] == newest.version
+
+
+def test_a_retrains_default_run_key_is_its_flow_runs_so_a_retry_resumes_it(prefect_api):
+    @flow
+    def key_and_id() -> tuple[str, str]:
+        return default_run_key(), str(prefect.runtime.flow_run.id)
+
+    key, run_id = key_and_id()
+    assert key == f"retrain-{run_id[:8]}"
 
 
 def test_a_rejected_block_stops_the_stream_until_replaced(prefect_api, tmp_path):
