@@ -338,6 +338,13 @@ def _batch_size(n: int, largest: int, config: TrainConfig) -> int:
     return max(1, min(largest, math.ceil(n / max(config.min_steps_per_epoch, 1))))
 
 
+def steps_per_epoch(n_pairs: int, config: TrainConfig) -> int:
+    """BPR steps one epoch of `n_pairs` training pairs takes under `config`: an extension that
+    spreads a set over an epoch's steps (the replay) must count them as `train` batches them,
+    small blocks included, where batches shrink to give `min_steps_per_epoch` steps."""
+    return max(1, math.ceil(n_pairs / _batch_size(n_pairs, config.batch_size, config)))
+
+
 def _check(model: Recommender, data: BlockData, config: TrainConfig) -> None:
     if len(data.train) == 0:
         raise TrainingError(f"block {data.block} has no training pairs")

@@ -13,7 +13,7 @@ from ccd.config import TrainConfig
 from ccd.errors import TrainingError
 from ccd.evaluate import rank_metrics
 from ccd.models import BPRConfig, LightGCNConfig, VAEConfig, build_model
-from ccd.train import NegativeSampler, pick_device, train, validate
+from ccd.train import NegativeSampler, pick_device, steps_per_epoch, train, validate
 from planted import planted_block, single_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -260,8 +260,9 @@ def test_small_data_still_gets_min_steps_per_epoch(config, monkeypatch):
         monkeypatch.setattr(model, "training_loss", lambda *a: steps.append(1) or loss(*a))
         big = TrainConfig(batch_size=8192, user_batch_size=512, max_epochs=1, min_steps_per_epoch=min_steps, device="cpu")
         train(model, data, big, progress=False)
-        assert len(steps) == expected
+        assert len(steps) == expected == steps_per_epoch(len(data.train), big)
         steps.clear()
+    assert steps_per_epoch(len(data.train), TrainConfig(batch_size=100, min_steps_per_epoch=4)) == 10  # no shrink needed
 
 
 def test_pick_device_refuses_what_this_machine_cannot_run():

@@ -18,7 +18,6 @@ small student, see `ContinualConfig.teacher_replay_form`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -199,7 +198,7 @@ class ReplayLoss:
         `draw(epoch) -> ReplaySet`; called at epoch 1 and every `resample_every` epochs after,
         so a reference that is the model itself (the teacher update) is its state at that time.
     steps_per_epoch : int
-        BPR batches per epoch (`ceil(len(train) / batch_size)`).
+        BPR batches per epoch (`ccd.train.steps_per_epoch`).
     weight, temperature : float
         Initial replay weight and annealing temperature.
     resample_every : int
@@ -250,8 +249,3 @@ class ReplayLoss:
             j = torch.randint(items.shape[0], (len(rows),), generator=self.generator, device=items.device)
             total = (y * F.softplus(-(scores - (users[u] * items[j]).sum(dim=1)))).sum()
         return self.weight * total / len(batch.users)
-
-
-def steps_per_epoch(n_pairs: int, batch_size: int) -> int:
-    """Number of BPR batches one epoch of `n_pairs` training pairs takes."""
-    return max(1, math.ceil(n_pairs / batch_size))

@@ -24,11 +24,11 @@ import numpy as np
 from ccd.config import ContinualConfig, RunConfig
 from ccd.continual.exclusion import cap, top_pairs
 from ccd.continual.proxies import blend_state
-from ccd.continual.replay import ReplayLoss, steps_per_epoch
+from ccd.continual.replay import ReplayLoss
 from ccd.continual.updates import ProxyReplay, clone, grown, recent_items, update_config
 from ccd.data import BlockData
 from ccd.models import Recommender
-from ccd.train import TrainResult, Validator, pick_device, train
+from ccd.train import TrainResult, Validator, pick_device, steps_per_epoch, train
 
 
 @dataclass
@@ -103,11 +103,11 @@ def update_student(
     old_users = np.arange(student.n_users)
     recent = recent_items(data, previous_train, device)
     sources = [(stability, c.student_stability_samples)]
-    if not _same(stability, plasticity):
+    if not same_tables(stability, plasticity):
         sources.append((plasticity, c.student_plasticity_samples))
     proxies = ProxyReplay(student, sources, old_users, recent, c.student_top, c.replay_eps, c.replay_batch_users)
     settings = update_config(config)
-    replay = ReplayLoss(model, lambda epoch: proxies.draw(seed + epoch), steps_per_epoch(len(data.train), settings.batch_size),
+    replay = ReplayLoss(model, lambda epoch: proxies.draw(seed + epoch), steps_per_epoch(len(data.train), settings),
                         c.replay_weight, c.student_replay_temperature, c.replay_resample_every, seed, form="bce")
     k = cap(c.exclude_top, data.n_items)
     negatives = [top_pairs(student.score, old_users, k, recent, config.train.eval_batch_users, device), proxies.exclusion_pairs(k)]
@@ -118,7 +118,8 @@ def update_student(
     return StudentUpdate(model, result, replay.size)
 
 
-def _same(a: Recommender, b: Recommender) -> bool:
-    """Whether two proxies hold the same tables (P = S = D_0 at block 1)."""
+def same_tables(a: Recommender, b: Recommender) -> bool:
+    """Whether two proxies hold the same tables (P = S = D_0 at block 1, and at every block when
+    `stability_weight == plasticity_weight`): the same source drawn twice would only double its share."""
     sa, sb = a.state_dict(), b.state_dict()
     return all(sa[name].shape == sb[name].shape and bool((sa[name] == sb[name]).all()) for name in sa)

@@ -31,11 +31,11 @@ import torch
 from ccd.config import RunConfig
 from ccd.continual.exclusion import cap
 from ccd.continual.lwckd import LwcKd
-from ccd.continual.replay import ReplayLoss, steps_per_epoch
+from ccd.continual.replay import ReplayLoss
 from ccd.continual.updates import ProxyReplay, grown, recent_items, update_config
 from ccd.data import BlockData
 from ccd.models import Batch, Recommender
-from ccd.train import Extension, TrainResult, pick_device, train
+from ccd.train import Extension, TrainResult, pick_device, steps_per_epoch, train
 
 
 class Extensions:
@@ -110,7 +110,7 @@ def update_member(
             replayed = replay_users(old_users, data, c.teacher_replay_users)
             replay = ProxyReplay(model, sources, old_users, recent, c.teacher_top, c.replay_eps, c.replay_batch_users, replayed)
             if c.teacher_replay_weight > 0:  # at 0 the sources only give the exclusion lists
-                steps = steps_per_epoch(len(data.train), settings.batch_size)
+                steps = steps_per_epoch(len(data.train), settings)
                 parts.append(ReplayLoss(model, lambda epoch: replay.draw(seed + epoch), steps, c.teacher_replay_weight,
                                         c.teacher_replay_temperature, c.replay_resample_every, seed, c.teacher_replay_form))
             negatives.append(replay.exclusion_pairs(cap(c.exclude_top, data.n_items)))
