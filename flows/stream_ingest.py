@@ -9,6 +9,7 @@ each block whose pipeline has not finished gets one `process-block` run, oldest 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ccd import atomic, stages
 from ccd.continual.pinned_config import run_settings
-from ccd.continual.state import METHODS
+from ccd.continual.state import METHODS, Layout
 from ccd.errors import ValidationFailedError
 from ccd.home import Home
 from ccd.lake import catalog
@@ -49,6 +50,19 @@ def earlier_rejection(home: Home, block: int, path: Path) -> str | None:
     return None
 
 
+@task(name="stale-report", cache_policy=NO_CACHE, retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, retry_condition_fn=transient)
+def stale_report(home: Home, method: str, until: str) -> int | None:
+    """The last block of the unbroken run of finished blocks 0, 1, ... if the stream report stops
+    before it, else None. Checked on every run, not only after new blocks, so a run that
+    finished some blocks and then failed gets its report and dashboard on the next run."""
+    finished = -1
+    while stages.is_done(home, finished + 1, final_stage(finished + 1, method, until)):
+        finished += 1
+    path = Layout(home, method).report_dir / "metrics.json"
+    reported = json.loads(path.read_text())["blocks"][-1] if path.exists() else -1
+    return finished if finished > reported else None
+
+
 @flow(name="stream-ingest", log_prints=True)
 def stream_ingest(
     landing_folder: str,
@@ -63,8 +77,9 @@ def stream_ingest(
     A block is new until its last stage up to `until` is done. A rejected block stops the
     stream: the run fails naming the quarantine report, and later blocks wait. The same rejected
     file is not validated again by later runs; replace it (or fix the lake policy and run
-    `process-block` by hand) to go on. After new blocks went past ingest, the stream report and
-    the ops dashboard are rewritten. Returns the blocks processed.
+    `process-block` by hand) to go on. Whenever finished blocks are missing from the stream
+    report (new ones, or those of an earlier run that failed later on), the report and the ops
+    dashboard are rewritten. Returns the blocks processed.
     """
     check_options(until, method)
     where = Home.resolve(home)
@@ -79,8 +94,9 @@ def stream_ingest(
                 f"Report: {report}. Replace the file to go on."
             )
         run_block(str(path), block, str(where.root), config, method, until)
-    if new and until != "ingest":
-        write_stream_report(where, run_settings(where, DEFAULT_RUN_KEY, config or {}), method, new[-1][0])
+    last = stale_report(where, method, until) if until != "ingest" else None
+    if last is not None:
+        write_stream_report(where, run_settings(where, DEFAULT_RUN_KEY, config or {}), method, last)
         print(f"dashboard: {write_dashboard(where)}")
     return [block for block, _ in new]
 

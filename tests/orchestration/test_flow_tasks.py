@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from types import SimpleNamespace
 
 import duckdb
@@ -12,6 +13,7 @@ from prefect_dask import DaskTaskRunner
 
 from ccd import stages
 from ccd.config import LakeConfig
+from ccd.continual.state import Layout
 from ccd.errors import BadInputError, BlockOrderError, ValidationFailedError
 from ccd.lake import catalog
 from ccd.lake.ingest import ingest_block
@@ -21,7 +23,7 @@ from ccd.config import RunConfig
 from flows.process_block import block_plan, check_options, final_stage
 from flows.retrain import retrain, retrain_groups
 from flows.runners import task_runner
-from flows.stream_ingest import earlier_rejection, find_new_blocks
+from flows.stream_ingest import earlier_rejection, find_new_blocks, stale_report
 from flows.tasks import artifact_key, block_key, ingest, ledger_name, transient
 
 TWO = RunConfig.from_dict({"teacher": {"members": ["bpr:8x2"]}})
@@ -135,3 +137,18 @@ def test_earlier_rejection_names_the_report_of_the_same_file_only(home, tmp_path
     assert earlier_rejection.fn(home, 0, path) is None
     ingest_block(home, path, 0, LakeConfig())
     assert catalog.list_validations(home, 0)[-1]["status"] != "rejected"
+
+
+def test_stale_report_names_the_last_finished_block_the_report_lacks(home):
+    """A run that finished blocks and then failed leaves the report behind; the next run,
+    even with nothing new, must see it (and only up to the first unfinished block)."""
+    finish = lambda block: stages.run_stage(home, block, final_stage(block, "ccd", "register"), lambda: {})
+    assert stale_report.fn(home, "ccd", "register") is None  # nothing finished, nothing to report
+    finish(0), finish(1), finish(3)  # block 2 failed: 3 cannot be reported yet
+    assert stale_report.fn(home, "ccd", "register") == 1
+    metrics = Layout(home, "ccd").report_dir / "metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text(json.dumps({"blocks": [0, 1]}))
+    assert stale_report.fn(home, "ccd", "register") is None
+    finish(2)
+    assert stale_report.fn(home, "ccd", "register") == 3
