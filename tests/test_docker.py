@@ -53,3 +53,19 @@ def test_compose_declares_server_workers_and_shared_home():
     devices = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
     assert set(compose["volumes"]) == {"ccd-home", "prefect-home"}
+
+
+def test_scheduled_deployments_find_their_landing_folder_and_configs_in_the_images():
+    """prefect.yaml's relative paths resolve from the workers' WORKDIR: the landing folder must be
+    mounted there, and every folder a deployment or the README's commands read must be copied."""
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    deployments = yaml.safe_load((DOCKER.parent / "prefect.yaml").read_text())["deployments"]
+    landing = {d["parameters"]["landing_folder"] for d in deployments if "landing_folder" in d.get("parameters", {})}
+    for name in ("cpu-worker", "gpu-worker"):
+        mounts = [volume.rsplit(":", 1)[1] for volume in compose["services"][name]["volumes"]]
+        assert {f"/opt/ccd/{folder}" for folder in landing} <= set(mounts)
+    for dockerfile in ("Dockerfile", "Dockerfile.gpu"):
+        text = (DOCKER / dockerfile).read_text()
+        assert "WORKDIR /opt/ccd" in text
+        for folder in ("ccd", "flows", "configs", "data/sample"):
+            assert f"COPY {folder} ./{folder}" in text
