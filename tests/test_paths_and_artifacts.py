@@ -151,5 +151,12 @@ def test_options_a_command_would_ignore_are_refused(tmp_path, capsys, argv):
         main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "unrecognized arguments" in err
-    assert len(err.splitlines()) == 1 and err.endswith("(see ccd --help)\n")  # one line, no usage block
+    assert len(err.splitlines()) == 1 and err.endswith(f"(see ccd {argv[0]} --help)\n")  # one line, no usage block
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_an_unknown_option_of_a_registry_action_points_to_that_actions_help(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["registry", "list", "--home", str(tmp_path / "home"), "--bogus"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "ccd registry list: error: unrecognized arguments: --bogus (see ccd registry list --help)\n"

@@ -35,9 +35,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`parse_args`, but an unknown option is refused by the (sub)command it was given to, so
+    the line points to that command's `--help`, as every other refused command line does."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = _choices(parser)[args.command]
+        if getattr(args, "action", None) in _choices(command):  # `ccd registry <action>`
+            command = _choices(command)[args.action]
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def _choices(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """A parser's subcommands by name (none when it has none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices
+    return {}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
