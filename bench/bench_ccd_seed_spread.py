@@ -55,12 +55,13 @@ def main() -> None:
         config = run_settings(home, run.run_key, RunConfig.named(None, args.overrides))
         data, previous = run.data(block), run.load(run.distill_start(block))
         tests = {j: run.data(j).test for j in range(block + 1)}
+        negatives = run.kd_negatives(block, home.root / lists.topk_dir(block))  # as the stream's stage 4 drew them
         for seed in (int(s) for s in args.seeds.split(",")):
             start = time.perf_counter()
             seeded = config.replace(distill=dataclasses.replace(config.distill, seed=seed))
             validator = stream_validator(seeded.continual, {j: run.data(j).valid for j in range(block)}, data)
             result = distill_block(home.root / lists.topk_dir(block), data, seeded, run.teacher_dim, previous, progress=False,
-                                   validator=validator)
+                                   validator=validator, exclude_negatives=negatives)
             recalls = score(result.student, run, block, tests)
             print(row(f"{spec} | {seed}", recalls, f"{result.train.best_epoch}/{result.train.epochs_run}",
                       time.perf_counter() - start), flush=True)

@@ -326,6 +326,10 @@ class ContinualConfig:
     # denominators rank against almost the whole catalogue; with distill.n_uninteresting (40)
     # 0.1 does better (sample block 1, Recall@20 old/new block: 0.18/0.18 at 0.01, 0.20/0.20).
     kd_batch_size: int = 1024
+    # Stage 4's BPR never draws as a negative an old user's top `exclude_top` items in the
+    # block's teacher lists (which RRD pulls up) nor, for CCD, under S_{k-1}, P_{k-1} and CL_k
+    # (spec 2.2's exclusion lists). Runs pinned before this setting keep uniform negatives.
+    kd_exclude_top: bool = True
     kd_lambda_rrd: float = 0.1
     kd_lambda_ir: float = 0.1
     # Where the student distilled at block k >= 1 starts. "updated": CCD's D_k starts from its
@@ -349,7 +353,9 @@ class ContinualConfig:
 # Settings added to the code after runs were pinned (and models saved) whose default is not
 # what the code did before them: the value that did, so a run pinned without the key resumes as
 # it started. Any other key missing counts at its default (added with the old behaviour).
-BEFORE_ADDED: dict[tuple[str, str], Any] = {("continual", "select_on"): "block", ("train", "graph"): "block"}
+BEFORE_ADDED: dict[tuple[str, str], Any] = {
+    ("continual", "select_on"): "block", ("train", "graph"): "block", ("continual", "kd_exclude_top"): False,
+}
 
 
 @dataclass(frozen=True)

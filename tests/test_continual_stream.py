@@ -11,12 +11,16 @@ import shutil
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 import torch
 
 from ccd.cli import main
 from ccd.config import RunConfig
+from ccd.continual import loop
+from ccd.continual.exclusion import cap, list_pairs
 from ccd.continual.loop import Run, run_stream
+from ccd.ensemble import USER_TOPK, read_topk
 from ccd.home import Home
 from ccd.registry import get, list_decisions, list_versions
 from ccd.stages import list_stages
@@ -282,3 +286,27 @@ def test_distill_start_is_cl_k_only_for_ccd_when_asked(ccd_home, tmp_path, kd_in
     updated = ccd.outputs(ccd.layout, 2, "student-update")["updated_student"]
     assert ccd.distill_start(2) == (updated if kd_init == "updated" else ccd.student_path(1))
     assert kd.distill_start(1) == kd.student_path(0)  # KD has no CL_k
+
+
+def test_stage_4_never_draws_the_teachers_or_ccds_sources_top_items_as_negatives(ccd_home, tmp_path, monkeypatch):
+    """Spec 2.2's exclusion lists: old users' top items in the block's teacher lists (which RRD
+    pulls up) and under S_{k-1}, P_{k-1}, CL_k (block k's train left out) are never negatives."""
+    home = copy_home(ccd_home, tmp_path)
+    run = Run(home, "ccd", RunConfig.load(None, TINY), run_key="spy", progress=False)
+    negatives = run.kd_negatives(2)
+    old = run.data(1).n_users
+    assert run.kd_negatives(0) is None and negatives[:, 0].max() < old  # old users only
+    ids, _ = read_topk(home.root / run.topk_dir(2) / USER_TOPK)
+    teacher = set(map(tuple, list_pairs(ids, cap(10, run.data(2).n_items), np.arange(old))))
+    pairs = set(map(tuple, negatives))
+    assert teacher < pairs  # the sources add their own top items
+    assert not pairs & set(map(tuple, run.data(2).train))
+
+    seen = {}
+    original = loop.distill_block
+    monkeypatch.setattr(loop, "distill_block", lambda *a, **kw: seen.update(kw) or original(*a, **kw))
+    loop._distilled(run, run.layout, 2)
+    assert np.array_equal(seen["exclude_negatives"], negatives)
+
+    legacy = Run(home, "ccd", RunConfig.load(None, [*TINY, "continual.kd_exclude_top=false"]), run_key="uniform", progress=False)
+    assert legacy.kd_negatives(2) is None

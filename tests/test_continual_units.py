@@ -19,7 +19,7 @@ from ccd.continual.exclusion import cap, list_pairs, top_pairs
 from ccd.continual.lwckd import LwcKd, contrastive_kd_loss, imitation_weights, layer_tables
 from ccd.continual.replay import ReplayLoss, ReplaySet, top_items
 from ccd.continual.state import Layout
-from ccd.continual.student_update import make_proxies, update_student
+from ccd.continual.student_update import make_proxies, same_tables, update_student
 from ccd.continual.teacher_update import update_member
 from ccd.continual.updates import ProxyReplay, clone
 from ccd.data import BlockData
@@ -232,6 +232,9 @@ def test_proxies_are_the_student_at_block_one_and_blends_later():
     assert torch.allclose(s2.user_emb[:4], 0.75 * d0.user_emb + 0.25 * d1.user_emb[:4])
     assert torch.equal(s2.user_emb[4:], d1.user_emb[4:]) and torch.equal(p2.user_emb, d1.user_emb)
     assert not any(p.requires_grad for p in s2.parameters())
+    assert same_tables(s1, p1) and not same_tables(s2, p2)
+    equal = ContinualConfig(stability_weight=0.5, plasticity_weight=0.5)  # P = S at every block: drawn once
+    assert same_tables(*make_proxies(d1, s1, p1, equal))
 
 
 def test_student_update_learns_the_block_and_keeps_old_knowledge():

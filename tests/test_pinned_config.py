@@ -60,12 +60,15 @@ def test_a_setting_added_after_the_pin_counts_at_its_default(tmp_path):
 
 
 @pytest.mark.parametrize("section, key, before, default", [("continual", "select_on", "block", "stream"),
-                                                        ("train", "graph", "block", "seen")])
+                                                        ("train", "graph", "block", "seen"),
+                                                        ("continual", "kd_exclude_top", False, True)])
 def test_a_run_pinned_before_a_setting_was_added_resumes_as_it_ran(tmp_path, section, key, before, default):
-    """`select_on` and `graph` came with new defaults; a run pinned before them resumes as it ran."""
+    """`select_on`, `graph` and `kd_exclude_top` came with new defaults; a run pinned before them
+    resumes as it ran."""
     assert getattr(getattr(RunConfig(), section), key) == default
     home = Home.resolve(tmp_path)
-    Run(home, "ccd", RunConfig.load(None, [f"{section}.{key}={before}"]), progress=False)
+    as_set = lambda value: f"{section}.{key}={json.dumps(value) if isinstance(value, bool) else value}"
+    Run(home, "ccd", RunConfig.load(None, [as_set(before)]), progress=False)
     pinned = json.loads(pin_path(home, "default").read_text())
     del pinned[section][key]  # as pinned by a version without the setting
     pin_path(home, "default").write_text(json.dumps(pinned))
@@ -74,7 +77,7 @@ def test_a_run_pinned_before_a_setting_was_added_resumes_as_it_ran(tmp_path, sec
     Run(home, "ccd", resumed, progress=False)
     with pytest.raises(BadInputError, match=rf"{section}\.{key}"):
         Run(home, "ccd", RunConfig(), progress=False)
-    asked = RunConfig.named(None, [f"{section}.{key}={default}"])  # the default, named: still applied
+    asked = RunConfig.named(None, [as_set(default)])  # the default, named: still applied
     assert getattr(getattr(run_settings(home, "r1", asked), section), key) == default
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+
 from ccd.config import RunConfig
 from ccd.continual.updates import grown
 from ccd.data import BlockData
@@ -49,6 +51,7 @@ def distill_block(
     start: Recommender | None = None,
     progress: bool = True,
     validator: Validator | None = None,
+    exclude_negatives: np.ndarray | None = None,
 ) -> DistillResult:
     """A student distilled on `data` from the teacher lists in `topk_dir`.
 
@@ -68,6 +71,8 @@ def distill_block(
         modified), else from random tables.
     validator : callable, optional
         Selection other than block k's valid split (`ccd.continual.selection`).
+    exclude_negatives : np.ndarray, shape (E, 2), optional
+        Pairs never drawn as BPR negatives (`Run.kd_negatives`).
     """
     users, _ = read_topk(Path(topk_dir) / USER_TOPK)
     items, _ = read_topk(Path(topk_dir) / ITEM_TOPK)
@@ -76,4 +81,4 @@ def distill_block(
     if start is not None and config.continual.kd_init != "fresh":
         student = grown(start.to(pick_device(config.train.device)), data, config)
     return distill(signal, data, distill_config(config), student=student, progress=progress,
-                   validator=validator)
+                   validator=validator, exclude_negatives=exclude_negatives)

@@ -40,17 +40,17 @@ from ccd.config import RunConfig
 from ccd.continual import evaluation
 from ccd.continual.baselines import finetune_student, lwckd_student, retrain_student
 from ccd.continual.distill_stage import distill_block
-from ccd.continual.exclusion import cap, list_pairs
+from ccd.continual.exclusion import cap, list_pairs, top_pairs
 from ccd.continual.gate_baseline import as_served, rescored_metrics
 from ccd.continual.pinned_config import check_shared_teacher, pin_config
 from ccd.continual.state import BASE, METHODS, Layout, keyed
-from ccd.continual.student_update import make_proxies, update_student
+from ccd.continual.student_update import make_proxies, same_tables, update_student
 from ccd.continual.selection import stream_validator
 from ccd.continual.teacher_update import update_member
 from ccd.data import BlockData
 from ccd.ensemble import USER_TOPK, Ensemble, StoredTopK, read_topk, write_topk
 from ccd.errors import BadInputError, CcdError
-from ccd.evaluate import first_counted_block
+from ccd.evaluate import UserItemCSR, first_counted_block
 from ccd.home import Home
 from ccd.lake import catalog
 from ccd.lake.store import load_block_data
@@ -175,6 +175,25 @@ class Run:
         """Old users' top items in the teacher lists of `block - 1`, never BPR negatives."""
         ids, _ = read_topk(self.home.root / self.topk_dir(block - 1) / USER_TOPK)
         return list_pairs(ids, cap(self.config.continual.exclude_top, data.n_items), np.arange(self.data(block - 1).n_users))
+
+    def kd_negatives(self, block: int, topk_dir: Path | None = None) -> np.ndarray | None:
+        """Pairs stage 4's BPR never draws as negatives (spec 2.2, `continual.kd_exclude_top`):
+        each old user's top items in block k's teacher lists (`topk_dir`, default this run's),
+        which RRD pulls up, and for CCD under S_{k-1}, P_{k-1} and CL_k, block k's train items
+        left out. None at block 0, which has no old users."""
+        c, data = self.config.continual, self.data(block)
+        if block == 0 or not c.kd_exclude_top:
+            return None
+        k, old_users = cap(c.exclude_top, data.n_items), np.arange(self.data(block - 1).n_users)
+        ids, _ = read_topk((topk_dir or self.home.root / self.topk_dir(block)) / USER_TOPK)
+        pairs = [list_pairs(ids, k, old_users)]
+        if self.method == "ccd":
+            update = self.outputs(self.layout, block, "student-update")
+            fresh = UserItemCSR.from_pairs(data.train, data.n_users, self.device)
+            for name in ("proxy_s", "proxy_p", "updated_student"):
+                model = self.load(update[name]).eval()
+                pairs.append(top_pairs(model.score, old_users, k, fresh, self.config.train.eval_batch_users, self.device))
+        return np.concatenate(pairs)
 
     def seed(self, block: int) -> int:
         return block_seed(self.config.distill.seed, block)
@@ -338,9 +357,10 @@ def member_stage(run: Run, block: int, name: str, collaborative: bool) -> dict[s
     sources = None
     if collaborative:
         update = run.outputs(run.layout, block, "student-update")
-        sources = [(run.load(update["proxy_s"]), c.teacher_stability_samples)]
-        if block >= 2:  # at block 1 P = S = D_0
-            sources.append((run.load(update["proxy_p"]), c.teacher_plasticity_samples))
+        stability, plasticity = run.load(update["proxy_s"]), run.load(update["proxy_p"])
+        sources = [(stability, c.teacher_stability_samples)]
+        if not same_tables(stability, plasticity):  # at block 1 P = S = D_0
+            sources.append((plasticity, c.teacher_plasticity_samples))
         sources.append((run.load(update["updated_student"]), c.teacher_student_samples))
     protected = run.protected(block, data) if collaborative else None  # KD: plain BPR, no exclusion lists
     model, result = update_member(previous, data, run.data(block - 1).train, run.config, sources, collaborative,
@@ -365,7 +385,7 @@ def _distilled(run: Run, layout: Layout, block: int) -> dict[str, Any]:
     """D_k: a student distilled from the ensemble's lists of block k (from D_{k-1}, CL_k or fresh)."""
     start = run.load(run.distill_start(block)) if block > 0 else None
     result = distill_block(run.home.root / run.topk_dir(block), run.data(block), run.config, run.teacher_dim, start,
-                           run.progress, validator=run.validator(block))
+                           run.progress, validator=run.validator(block), exclude_negatives=run.kd_negatives(block))
     path = run.save(result.student, layout, block, STUDENT, result.train)
     return {"path": path, "params": result.student.parameter_count(), "train": _brief(result.train)}
 

@@ -326,6 +326,7 @@ def distill(
     student: Recommender | None = None,
     progress: bool = True,
     validator: Validator | None = None,
+    exclude_negatives: np.ndarray | None = None,
 ) -> DistillResult:
     """Train a student on `data` with `config.distill.method`, selecting on valid Recall@20.
 
@@ -341,6 +342,8 @@ def distill(
         Default `make_student(config, ...)`.
     validator : callable, optional
         Selection other than `data.valid`'s Recall@20 (`ccd.train.train`).
+    exclude_negatives : np.ndarray, shape (E, 2), optional
+        (user, item) pairs BPR never draws as negatives (`ccd.train.train`).
 
     Returns
     -------
@@ -356,5 +359,5 @@ def distill(
     if config.distill.method != "none":
         extension = Distiller(student, teacher, data.seen_train, config.distill, device, len(data.train))
     result = train(student, data, config.train, seed=config.distill.seed, progress=progress, extension=extension,
-                   validator=validator)
+                   validator=validator, exclude_negatives=exclude_negatives)
     return DistillResult(student, config.distill.method, result)
