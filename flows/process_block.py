@@ -18,6 +18,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import wait
 
 from ccd.config import RunConfig
+from ccd.continual import loop
 from ccd.continual.pinned_config import run_settings
 from ccd.continual.state import METHODS
 from ccd.errors import BadInputError, ValidationFailedError
@@ -26,7 +27,7 @@ from ccd.models import parse_members
 from ccd.stages import DEFAULT_RUN_KEY
 from flows.options import add_config_options, config_parameter, one_line_errors
 from flows.tasks import (
-    MEMBER, block_key, ingest, ledger_name, loop_stage, publish_metrics, publish_registry, publish_validation,
+    block_key, ingest, ledger_name, loop_stage, publish_metrics, publish_registry, publish_validation,
 )
 
 # Where a run may stop: after ingest (the lake only), after evaluation, or at the end (the CCD
@@ -42,24 +43,10 @@ def check_options(until: str, method: str = "ccd") -> None:
 
 
 def block_plan(block: int, method: str, config: RunConfig, until: str = UNTIL[-1]) -> list[tuple[str, ...]]:
-    """The model stages of one block, in order, as groups of stages that run side by side.
-
-    The order of `ccd.continual.loop.run_block`. Block 0 (every method): teacher members,
-    ensemble, the first student D_0, evaluation. A CCD block k: student update, teacher members,
-    ensemble, distillation of D_k, evaluation. KD: the same without the student update (and
-    without the collaborative terms). The other baselines: one student stage, evaluation. CCD
-    then registers the block's student.
-    """
-    members = tuple(MEMBER + name for name, _ in parse_members(config.teacher))
-    if block == 0:
-        groups = [members, ("ensemble",), ("student",), ("evaluate",)]
-    elif method == "ccd":
-        groups = [("student-update",), members, ("ensemble",), ("distill",), ("evaluate",)]
-    elif method == "kd":
-        groups = [members, ("ensemble",), ("distill",), ("evaluate",)]
-    else:
-        groups = [("student",), ("evaluate",)]
-    return groups + [("register",)] if method == "ccd" and until == "register" else groups
+    """The loop's stages of one block (`ccd.continual.loop.block_plan`) up to `until`; stages of
+    one group (the teacher members) run side by side."""
+    groups = loop.block_plan(block, method, [name for name, _ in parse_members(config.teacher)])
+    return groups if until == "register" else [group for group in groups if group != ("register",)]
 
 
 def final_stage(block: int, method: str, until: str) -> str:

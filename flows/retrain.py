@@ -24,9 +24,9 @@ from ccd.continual.state import METHODS
 from ccd.errors import BadInputError
 from ccd.home import Home
 from ccd.lake import catalog
+from ccd.teacher import TEACHER
 from flows.options import add_config_options, config_parameter, one_line_errors
 from flows.process_block import block_plan, check_options, run_stages
-from flows.tasks import MEMBER
 
 # Block 0's teacher members and ensemble lists live in `models/block=0/` (`ccd.teacher`), shared
 # by every run key: retraining them would overwrite the default run's.
@@ -35,7 +35,7 @@ SHARED_BASE = ("teacher", "ensemble")
 
 def stage_label(stage: str) -> str:
     """A stage as a retrain names it: every `teacher-<member>` is "teacher"."""
-    return "teacher" if stage.startswith(MEMBER) else stage
+    return TEACHER if stage.startswith(f"{TEACHER}-") else stage
 
 
 def retrain_groups(block: int, stages: list[str] | None, method: str, config: RunConfig) -> list[tuple[str, ...]]:

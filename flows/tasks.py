@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,8 @@ from prefect.logging import get_run_logger
 
 from ccd import registry
 from ccd.config import LakeConfig, RunConfig
-from ccd.continual import evaluation, loop
+from ccd.continual import loop
 from ccd.continual.loop import Run
-from ccd.continual.state import Layout
 from ccd.home import Home
 from ccd.lake import catalog
 from ccd.lake.ingest import ingest_block
@@ -47,7 +45,6 @@ from ccd.stages import DEFAULT_RUN_KEY, run_stage
 IO_RETRIES = 3
 IO_RETRY_DELAYS = [5, 30, 120]
 TRANSIENT = (OSError, duckdb.IOException, LockTimeoutError)
-MEMBER = "teacher-"  # stage `teacher-<member>`: one teacher member
 METRIC_COLUMNS = ["model", "after_block", "recall@20", "ndcg@20", "LA", "RA", "H", "H_ndcg@20", "params"]
 
 
@@ -103,40 +100,9 @@ def publish_validation(home: Home, block: int) -> str:
 # --- the CCD loop's stages
 
 
-def on_base(block: int, stage: str) -> bool:
-    """Whether `stage` of `block` belongs to the loop's shared block 0 ("base" in the ledger)."""
-    return block == 0 and stage != "register"
-
-
 def ledger_name(block: int, stage: str, method: str) -> str:
     """The ledger name of a flow stage, as the loop records it, e.g. "base-ensemble"."""
-    return f"{'base' if on_base(block, stage) else method}-{stage}"
-
-
-def stage_work(run: Run, block: int, stage: str) -> tuple[Layout, Callable[[], dict[str, Any]]]:
-    """The loop's function for `stage` of `block`, and the layout it is recorded under.
-
-    Mirrors `ccd.continual.loop.run_block`, one stage at a time, so the flows can run the
-    teacher members as parallel tasks where the loop runs them one after another.
-    """
-    member = stage.removeprefix(MEMBER)
-    if on_base(block, stage):
-        base = {
-            "ensemble": lambda: loop._base_ensemble(run),
-            "student": lambda: loop._distilled(run, run.base, 0),
-            "evaluate": lambda: loop.evaluate_stage(run, 0),
-        }
-        return run.base, base.get(stage, lambda: loop._base_member(run, member))
-    later = {
-        "student-update": lambda: loop.student_update_stage(run, block),
-        "ensemble": lambda: loop.ensemble_stage(run, block),
-        "distill": lambda: loop._distilled(run, run.layout, block),
-        "student": lambda: loop.baseline_student(run, block),
-        "evaluate": lambda: loop.evaluate_stage(run, block),
-        "register": lambda: loop.register_stage(run, block),
-    }
-    collaborative = run.method == "ccd"
-    return run.layout, later.get(stage, lambda: loop.member_stage(run, block, member, collaborative))
+    return f"{'base' if loop.on_base(block, stage) else method}-{stage}"
 
 
 @task(name="ccd-stage", task_run_name="{stage} of block {block}", cache_policy=NO_CACHE)
@@ -154,39 +120,15 @@ def loop_stage(home: Home, block: int, stage: str, config: RunConfig, method: st
         logger.info("block %d %s (run %s): %s%s", info["block"], name, info["run_key"], info["event"], took)
 
     run = Run(home, method, config, run_key, progress=False, callback=log_event)
-    layout, work = stage_work(run, block, stage)
+    layout, work = loop.stage_work(run, block, stage)
     return run.stage(layout, block, stage, work)
-
-
-def metrics_rows(home: Home, block: int, config: RunConfig, method: str, run_key: str) -> list[dict[str, Any]]:
-    """Student and teacher after each block 0..`block`: own-block Recall/NDCG@20, LA, RA, H.
-
-    Read from the evaluate stages' records; a model missing after some block (a baseline keeps no
-    teacher after block 0) is left out. `params` is given on the row of `block`.
-    """
-    run = Run(home, method, config, run_key, progress=False)
-    evaluations = [run.outputs(run.base if k == 0 else run.layout, k, "evaluate") for k in range(block + 1)]
-    rows = []
-    for side in ("student", "teacher"):
-        if not all(e.get(side) for e in evaluations):
-            continue
-        matrix = [row for e in evaluations for row in e[side]]
-        for summary in evaluation.summaries(matrix, config.continual.with_base_block):
-            recall = (summary["summary"] or {}).get("recall@20") or {}
-            ndcg = (summary["summary"] or {}).get("ndcg@20") or {}
-            rows.append({
-                "model": side, "after_block": summary["block"], "recall@20": summary["recall@20"], "ndcg@20": summary["ndcg@20"],
-                "LA": recall.get("LA"), "RA": recall.get("RA"), "H": recall.get("H"), "H_ndcg@20": ndcg.get("H"),
-                "params": evaluations[-1][f"{side}_params"] if summary["block"] == block else None,
-            })
-    return rows
 
 
 @task(name="publish-metrics", task_run_name="publish metrics after block {block}", cache_policy=NO_CACHE,
       retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, retry_condition_fn=transient)
 def publish_metrics(home: Home, block: int, config: RunConfig, method: str = "ccd", run_key: str = DEFAULT_RUN_KEY) -> list[dict[str, Any]]:
     """Publish the metrics table of the models after `block` (this block and the earlier ones)."""
-    rows = metrics_rows(home, block, config, method, run_key)
+    rows = loop.metrics_table(Run(home, method, config, run_key, progress=False), block)
     create_table_artifact(
         [{c: row[c] for c in METRIC_COLUMNS} for row in rows], key=block_key("metrics", block, method, run_key),
         description=f"{method} after block {block} (run {run_key}): Recall/NDCG@20 on each block's own test, "

@@ -21,6 +21,7 @@ from ccd.continual import loop
 from ccd.continual.exclusion import cap, list_pairs
 from ccd.continual.loop import Run, run_stream
 from ccd.ensemble import USER_TOPK, read_topk
+from ccd.errors import CcdError
 from ccd.home import Home
 from ccd.registry import get, list_decisions, list_versions
 from ccd.stages import list_stages
@@ -305,8 +306,16 @@ def test_stage_4_never_draws_the_teachers_or_ccds_sources_top_items_as_negatives
     seen = {}
     original = loop.distill_block
     monkeypatch.setattr(loop, "distill_block", lambda *a, **kw: seen.update(kw) or original(*a, **kw))
-    loop._distilled(run, run.layout, 2)
+    loop.distilled_stage(run, run.layout, 2)
     assert np.array_equal(seen["exclude_negatives"], negatives)
 
     legacy = Run(home, "ccd", RunConfig.load(None, [*TINY, "continual.kd_exclude_top=false"]), run_key="uniform", progress=False)
     assert legacy.kd_negatives(2) is None
+
+
+def test_a_stream_started_past_unfinished_blocks_fails_before_any_work(ccd_home, tmp_path):
+    home = copy_home(ccd_home, tmp_path)  # CCD finished every block; the retrain baseline none past 0
+    before = list_stages(home)
+    with pytest.raises(CcdError, match="stage retrain-evaluate of block 1 has not finished"):
+        run_stream(home, "retrain", RunConfig.load(None, TINY), last_block=3, from_block=3, progress=False)
+    assert list_stages(home) == before

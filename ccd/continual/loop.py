@@ -13,8 +13,9 @@ them, distill the first student D_0, evaluate. Then, for each later block k, by 
 - kd: (2) without the collaborative terms, (3), (4); evaluate.
 - finetune, retrain, lwckd-student: one student stage (`baselines`); evaluate.
 
-Every stage runs through the stage ledger (`ccd.stages.run_stage`) as `<method>-<stage>` of its
-block: a finished stage is skipped on a re-run (its recorded outputs are reused), so the loop
+`block_plan` lists a block's stages in order and `stage_work` gives each one's function, so
+the flows run exactly these stages (the teacher members side by side). Every stage runs through
+the stage ledger (`ccd.stages.run_stage`) as `<method>-<stage>` of its block: a finished stage is skipped on a re-run (its recorded outputs are reused), so the loop
 resumes after a stop at the first unfinished stage. A stage writes its artifacts atomically
 (`ccd.models.io`, `ccd.ensemble.write_topk`) and returns their paths, which later stages load;
 see `state.Layout` for the layout and for retrains under another run key.
@@ -247,6 +248,7 @@ def run_stream(
     if not 0 <= from_block <= last <= blocks[-1]:
         raise BadInputError(f"blocks {from_block}..{last} are not in the lake (ingested: 0..{blocks[-1]})")
     run = Run(home, method, config, run_key, progress, callback)
+    _evaluations(run, from_block - 1)  # the blocks before the start must be done: fail before any work
     for block in range(from_block, last + 1):
         run_block(run, block)
     return write_report(run, last)
@@ -263,43 +265,72 @@ def first_block(home: Home, method: str, run_key: str) -> int:
     return min(blocks, default=0)
 
 
+def block_plan(block: int, method: str, members: list[str]) -> list[tuple[str, ...]]:
+    """The stages of one block for `method`, in order, as groups of stages that do not depend on
+    each other (the teacher members): `run_block` runs them one after another, the flows side
+    by side. Stage names are the ledger's without the method, e.g. "teacher-bpr-0".
+
+    Block 0 (every method, shared): members, ensemble, the first student D_0, evaluation. A CCD
+    block k: student update, members, ensemble, distillation of D_k, evaluation. KD: the same
+    without the student update. The other baselines: one student stage, evaluation. CCD then
+    registers the block's student.
+    """
+    teachers = tuple(f"{TEACHER}-{name}" for name in members)
+    if block == 0:
+        groups = [teachers, ("ensemble",), (STUDENT,), ("evaluate",)]
+    elif method == "ccd":
+        groups = [("student-update",), teachers, ("ensemble",), ("distill",), ("evaluate",)]
+    elif method == "kd":
+        groups = [teachers, ("ensemble",), ("distill",), ("evaluate",)]
+    else:
+        groups = [(STUDENT,), ("evaluate",)]
+    return groups + [("register",)] if method == "ccd" else groups
+
+
+def on_base(block: int, stage: str) -> bool:
+    """Whether `stage` of `block` belongs to the shared block 0 ("base" in the ledger)."""
+    return block == 0 and stage != "register"
+
+
+def stage_work(run: Run, block: int, stage: str) -> tuple[Layout, Callable[[], dict[str, Any]]]:
+    """The function of `stage` (a `block_plan` name) of `block`, and the layout it is recorded under."""
+    member = stage.removeprefix(f"{TEACHER}-")
+    if on_base(block, stage):
+        base = {
+            "ensemble": lambda: base_ensemble_stage(run),
+            STUDENT: lambda: distilled_stage(run, run.base, 0),
+            "evaluate": lambda: evaluate_stage(run, 0),
+        }
+        return run.base, base.get(stage, lambda: base_member_stage(run, member))
+    later = {
+        "student-update": lambda: student_update_stage(run, block),
+        "ensemble": lambda: ensemble_stage(run, block),
+        "distill": lambda: distilled_stage(run, run.layout, block),
+        STUDENT: lambda: baseline_student(run, block),
+        "evaluate": lambda: evaluate_stage(run, block),
+        "register": lambda: register_stage(run, block),
+    }
+    return run.layout, later.get(stage, lambda: member_stage(run, block, member, collaborative=run.method == "ccd"))
+
+
 def run_block(run: Run, block: int) -> None:
     """Every stage of one block for `run.method`, in order (done stages are skipped)."""
-    if block == 0:
-        base_block(run)
-    elif run.method == "ccd":
-        ccd_block(run, block)
-    elif run.method == "kd":
-        teacher_block(run, block, collaborative=False)
-        distill_stage(run, block)
-    else:
-        run.stage(run.layout, block, STUDENT, lambda: baseline_student(run, block))
-    if block > 0:
-        run.stage(run.layout, block, "evaluate", lambda: evaluate_stage(run, block))
-    if run.method == "ccd":
-        run.stage(run.layout, block, "register", lambda: register_stage(run, block))
+    for group in block_plan(block, run.method, run.members):
+        for stage in group:
+            layout, work = stage_work(run, block, stage)
+            run.stage(layout, block, stage, work)
 
 
 # --- block 0, shared by every method
 
 
-def base_block(run: Run) -> None:
-    """Teacher members, ensemble and D_0 of block 0, computed once per home, then evaluated."""
-    base = run.base
-    for name in run.members:
-        run.stage(base, 0, f"{TEACHER}-{name}", lambda name=name: _base_member(run, name))
-    run.stage(base, 0, "ensemble", lambda: _base_ensemble(run))
-    run.stage(base, 0, STUDENT, lambda: _distilled(run, base, 0))
-    run.stage(base, 0, "evaluate", lambda: evaluate_stage(run, 0))
-
-
-def _base_member(run: Run, name: str) -> dict[str, Any]:
+def base_member_stage(run: Run, name: str) -> dict[str, Any]:
     _check_shared_teacher(run)
     row = train_member(run.home, 0, name, run.config, progress=run.progress)
     return {"path": run.base.relative(run.home.model_dir(0, member_dir_name(name))), "report": row}
 
 
-def _base_ensemble(run: Run) -> dict[str, Any]:
+def base_ensemble_stage(run: Run) -> dict[str, Any]:
     _check_shared_teacher(run)
     report = train_teacher(run.home, 0, run.config, progress=run.progress)  # members are reused, not retrained
     return {"topk_dir": run.base.relative(run.home.model_dir(0, TEACHER)), "ensemble": report["ensemble"]}
@@ -314,13 +345,6 @@ def _check_shared_teacher(run: Run) -> None:
 
 
 # --- CCD and KD blocks
-
-
-def ccd_block(run: Run, block: int) -> None:
-    """Stages 1-4 of a CCD block: student update, teacher members, ensemble, distillation."""
-    run.stage(run.layout, block, "student-update", lambda: student_update_stage(run, block))
-    teacher_block(run, block, collaborative=True)
-    distill_stage(run, block)
 
 
 def student_update_stage(run: Run, block: int) -> dict[str, Any]:
@@ -341,13 +365,6 @@ def student_update_stage(run: Run, block: int) -> dict[str, Any]:
         "replay_pairs": update.replay_pairs,
         "train": _brief(update.train),
     }
-
-
-def teacher_block(run: Run, block: int, collaborative: bool) -> None:
-    """Update every member (one stage each), then ensemble them."""
-    for name in run.members:
-        run.stage(run.layout, block, f"{TEACHER}-{name}", lambda name=name: member_stage(run, block, name, collaborative))
-    run.stage(run.layout, block, "ensemble", lambda: ensemble_stage(run, block))
 
 
 def member_stage(run: Run, block: int, name: str, collaborative: bool) -> dict[str, Any]:
@@ -377,11 +394,7 @@ def ensemble_stage(run: Run, block: int) -> dict[str, Any]:
     return {"topk_dir": run.layout.relative(out_dir)}
 
 
-def distill_stage(run: Run, block: int) -> None:
-    run.stage(run.layout, block, "distill", lambda: _distilled(run, run.layout, block))
-
-
-def _distilled(run: Run, layout: Layout, block: int) -> dict[str, Any]:
+def distilled_stage(run: Run, layout: Layout, block: int) -> dict[str, Any]:
     """D_k: a student distilled from the ensemble's lists of block k (from D_{k-1}, CL_k or fresh)."""
     start = run.load(run.distill_start(block)) if block > 0 else None
     result = distill_block(run.home.root / run.topk_dir(block), run.data(block), run.config, run.teacher_dim, start,
@@ -432,6 +445,30 @@ def evaluate_stage(run: Run, block: int) -> dict[str, Any]:
 
 def _evaluations(run: Run, last: int) -> list[dict[str, Any]]:
     return [run.outputs(run.base if k == 0 else run.layout, k, "evaluate") for k in range(last + 1)]
+
+
+def metrics_table(run: Run, block: int) -> list[dict[str, Any]]:
+    """Student and teacher after each block 0..`block`: own-block Recall/NDCG@20, LA, RA, H of
+    Recall@20 and H of NDCG@20, one row per model and block (the flows' metrics artifact).
+
+    Read from the evaluate stages' records; a model missing after some block (a baseline keeps no
+    teacher after block 0) is left out. `params` is given on the row of `block`.
+    """
+    evaluations = _evaluations(run, block)
+    rows = []
+    for side in ("student", "teacher"):
+        if not all(e.get(side) for e in evaluations):
+            continue
+        matrix = [row for e in evaluations for row in e[side]]
+        for summary in evaluation.summaries(matrix, run.config.continual.with_base_block):
+            recall = (summary["summary"] or {}).get("recall@20") or {}
+            ndcg = (summary["summary"] or {}).get("ndcg@20") or {}
+            rows.append({
+                "model": side, "after_block": summary["block"], "recall@20": summary["recall@20"], "ndcg@20": summary["ndcg@20"],
+                "LA": recall.get("LA"), "RA": recall.get("RA"), "H": recall.get("H"), "H_ndcg@20": ndcg.get("H"),
+                "params": evaluations[-1][f"{side}_params"] if summary["block"] == block else None,
+            })
+    return rows
 
 
 def register_stage(run: Run, block: int) -> dict[str, Any]:
