@@ -181,6 +181,16 @@ def list_stages(home: Home, block: int | None = None, run_key: str | None = None
     return _select(home, where, params)
 
 
+def forget_block(con: duckdb.DuckDBPyConnection, block: int) -> int:
+    """Delete every record of `block` but its ingest, under every run key, inside the caller's
+    catalog transaction: its data was replaced, so what was trained on it must run again.
+    Returns how many records went."""
+    con.execute(SCHEMA)
+    (count,) = con.execute("SELECT count(*) FROM stages WHERE block = ? AND stage <> 'ingest'", [block]).fetchone()
+    con.execute("DELETE FROM stages WHERE block = ? AND stage <> 'ingest'", [block])
+    return count
+
+
 @contextmanager
 def _connect(home: Home, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """A catalog connection whose `stages` table exists (created by the first writer)."""

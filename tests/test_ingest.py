@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ccd import stages
 from ccd.cli import main
 from ccd.config import LakeConfig
 from ccd.home import Home
@@ -119,6 +120,25 @@ def test_different_content_for_existing_block_needs_replace(home, tmp_path):
     assert len(list(home.block_dir(0).glob("*.parquet"))) == 1  # the old part is gone
 
 
+def test_only_the_last_block_can_be_replaced_and_its_stages_then_run_again(home, tmp_path):
+    """Later blocks' ids follow the earlier ones', so a middle block is never replaced; replacing
+    the last one clears what was trained on it (every run key), keeping only its ingest."""
+    for k in range(2):
+        ingest_block(home, write(make_block(seed=k, block=k), tmp_path / f"b{k}.csv"), k, CONFIG)
+    for key in ("default", "r1"):
+        for k in range(2):
+            stages.run_stage(home, k, "ccd-distill", lambda: {"path": "x"}, key)
+    stages.run_stage(home, 1, "ingest", lambda: {"status": "ingested"})
+    before = lake_state(home)
+    with pytest.raises(BlockOrderError, match=r"block 0 cannot be replaced: blocks 1\.\.1 came after it"):
+        ingest_block(home, write(make_block(seed=7, block=0), tmp_path / "b0b.csv"), 0, CONFIG, replace=True)
+    assert lake_state(home) == before
+
+    assert ingest_block(home, write(make_block(seed=8, block=1), tmp_path / "b1b.csv"), 1, CONFIG, replace=True).status == "replaced"
+    assert {(r.block, r.stage, r.run_key) for r in stages.list_stages(home)} == {
+        (0, "ccd-distill", "default"), (0, "ccd-distill", "r1"), (1, "ingest", "default")}
+
+
 def test_out_of_order_block_is_refused(home, tmp_path):
     with pytest.raises(BlockOrderError, match="next block to ingest is 0"):
         ingest_block(home, write(make_block(), tmp_path / "b.csv"), 1, CONFIG)
@@ -206,6 +226,20 @@ def test_block_files_and_ingest_folder(home, tmp_path):
     results = ingest.ingest_folder(home, folder, CONFIG)
     assert [r.status for r in results] == ["ingested"] * 3
     assert [r.status for r in ingest.ingest_folder(home, folder, CONFIG)] == ["unchanged"] * 3
+
+
+def test_ingest_folder_refuses_a_gap_before_ingesting_anything(home, tmp_path):
+    for name, blocks in (("gap", (0, 2)), ("late", (1, 2))):
+        folder = tmp_path / name
+        folder.mkdir()
+        for k in blocks:
+            write(make_block(seed=k, block=k), folder / f"block_{k}.csv")
+    before = lake_state(home)
+    with pytest.raises(BlockOrderError, match=r"no file for block\(s\) 1,"):
+        ingest.ingest_folder(home, tmp_path / "gap", CONFIG)
+    with pytest.raises(BlockOrderError, match=r"no file for block\(s\) 0,"):  # the lake is empty: 0 comes first
+        ingest.ingest_folder(home, tmp_path / "late", CONFIG)
+    assert lake_state(home) == before
 
 
 def test_cli_json_and_errors(home, tmp_path, capsys):

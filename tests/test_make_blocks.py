@@ -64,6 +64,15 @@ def test_parquet_with_int_times_matches_csv_with_iso_times(tmp_path: Path, raw_l
         pd.testing.assert_frame_equal(a, b, check_dtype=False)
 
 
+def test_a_new_cut_leaves_no_block_file_of_an_earlier_one(tmp_path: Path, raw_log: pd.DataFrame) -> None:
+    """Left behind, block_3..5 of a five-block cut would be ingested after a two-block one."""
+    raw_log.to_parquet(tmp_path / "log.parquet")
+    make_blocks(tmp_path / "log.parquet", tmp_path / "out", n_blocks=5, kcore=3)
+    (tmp_path / "out" / "notes.txt").write_text("kept")
+    make_blocks(tmp_path / "log.parquet", tmp_path / "out", n_blocks=2, kcore=3, fmt="csv")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["block_0.csv", "block_1.csv", "block_2.csv", "notes.txt"]
+
+
 def test_iterative_kcore_leaves_every_user_and_item_with_k(raw_log: pd.DataFrame) -> None:
     frame = kcore_filter(deduplicate(raw_log), 8)
     assert 0 < len(frame) < len(raw_log) - 50

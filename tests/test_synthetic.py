@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ccd.errors import BadInputError
 from ccd.config import RunConfig, SampleConfig
 from ccd.lake.synthetic import generate_stream, write_sample
 
@@ -99,9 +100,9 @@ def test_sample_is_a_config_section() -> None:
 
 
 def test_impossible_config_is_rejected() -> None:
-    with pytest.raises(ValueError, match="n_blocks"):
+    with pytest.raises(BadInputError, match="n_blocks"):
         generate_stream(SampleConfig(n_blocks=1))
-    with pytest.raises(ValueError, match="new ones"):
+    with pytest.raises(BadInputError, match="new ones"):
         generate_stream(SampleConfig(n_users=10, base_user_share=0.9))
 
 

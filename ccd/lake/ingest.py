@@ -4,11 +4,12 @@ The order of the steps is what makes ingest safe to crash and to repeat:
 
 1. read and validate (a rejected block goes to quarantine; nothing else changes);
 2. compare its content hash with the catalog (same content → no-op; other content → refused
-   unless `replace`);
+   unless `replace`, and always for a block that later blocks build on);
 3. map external ids to internal ids and split, in memory;
 4. write the Parquet part under a content-addressed name, atomically;
 5. commit the block record, new id-map rows and the validation result in ONE catalog
-   transaction: only now does the block exist;
+   transaction (a replace also clears the block's recorded stages there, so what was trained
+   on the old content runs again): only now does the block exist;
 6. delete parts of the block that the catalog no longer names (an older version, or an orphan
    of a crash between steps 4 and 5); the next ingest also removes the orphan parts and
    temporary files a killed ingest left behind.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +32,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ccd import atomic
+from ccd import atomic, stages
 from ccd.config import LakeConfig
 from ccd.errors import BadInputError, BlockOrderError, ValidationFailedError
 from ccd.home import Home, block_number
 from ccd.lake import catalog
+from ccd.lake.make_blocks import BLOCK_FILE
 from ccd.lake.readers import read_interactions
 from ccd.lake.split import split_block
 from ccd.lake.validate import BlockContext, ValidationReport, validate_block
@@ -50,7 +51,6 @@ PART_SCHEMA = pa.schema([
     ("split", pa.dictionary(pa.int8(), pa.string())),
     ("timestamp", pa.int64()),
 ])
-BLOCK_FILE = re.compile(r"block_(\d+)\.(csv|parquet|pq|jsonl|ndjson|json)")
 # Seconds to wait for another ingest of the same home before giving up.
 INGEST_LOCK_TIMEOUT = 600.0
 
@@ -111,7 +111,13 @@ def ingest_block(
                 f"block {block} already holds different content (hash {existing.content_hash[:12]}); "
                 f"use --replace to overwrite it"
             )
-        record, report_path = _commit(home, path, block, frame, content_hash, report, config)
+        later = sorted(k for k in blocks if k > block)
+        if existing is not None and later:
+            raise BlockOrderError(
+                f"block {block} cannot be replaced: blocks {later[0]}..{later[-1]} came after it and their ids "
+                f"and models build on it; only the last block can be replaced (or ingest the stream into a new home)"
+            )
+        record, report_path = _commit(home, path, block, frame, content_hash, report, config, replacing=existing is not None)
         return IngestResult(block, "replaced" if existing else "ingested", record, report, report_path)
 
 
@@ -197,7 +203,7 @@ def _reject(home: Home, path: Path, block: int, report: ValidationReport) -> Non
 
 def _commit(
     home: Home, source: Path, block: int, frame: pd.DataFrame, content_hash: str,
-    report: ValidationReport, config: LakeConfig,
+    report: ValidationReport, config: LakeConfig, replacing: bool = False,
 ) -> tuple[catalog.BlockRecord, str]:
     report_path = _write_reports(home, home.reports / "validation" / f"block={block}-{content_hash[:12]}", report)
     part = home.block_dir(block) / f"part-{content_hash[:16]}.parquet"
@@ -212,6 +218,9 @@ def _commit(
         catalog.insert_ids(con, "item_map", new_items)
         catalog.upsert_block(con, record)
         catalog.record_validation(con, block, content_hash, str(source), report.status, report.summary(), report_path, report.to_dict())
+        if replacing:  # what was trained on the old content must run again
+            forgotten = stages.forget_block(con, block)
+            log.info("block %d replaced: %d recorded stages of it will run again", block, forgotten)
         con.commit()
     for stale in home.block_dir(block).glob("*.parquet"):
         if stale != part:
@@ -302,5 +311,18 @@ def block_files(folder: str | Path) -> list[tuple[int, Path]]:
 
 
 def ingest_folder(home: Home, folder: str | Path, config: LakeConfig) -> list[IngestResult]:
-    """Ingest every block file of `folder` in block order; blocks already ingested are no-ops."""
-    return [ingest_block(home, path, block, config) for block, path in block_files(folder)]
+    """Ingest every block file of `folder` in block order; blocks already ingested are no-ops.
+
+    A gap in the folder's numbering is refused before anything is ingested, rather than after
+    the blocks before it.
+    """
+    files = block_files(folder)
+    numbers = [block for block, _ in files]
+    expected = max((b.block for b in catalog.list_blocks(home)), default=-1) + 1
+    missing = sorted(set(range(min(numbers, default=0), max(numbers, default=-1) + 1)) - set(numbers))
+    if numbers and numbers[0] > expected:
+        missing = list(range(expected, numbers[0])) + missing
+    if missing:
+        raise BlockOrderError(f"{folder}: no file for block(s) {', '.join(map(str, missing))}, "
+                              f"so the blocks after them would be out of order; nothing was ingested")
+    return [ingest_block(home, path, block, config) for block, path in files]

@@ -22,6 +22,7 @@ Ids are kept as they are (strings from CSV, the stored type from Parquet); the l
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,10 @@ import pyarrow.parquet as pq
 
 from ccd.atomic import write_with
 from ccd.errors import BadInputError
+
+# A block file of a landing folder: `block_<K>.<format>` (what `write_blocks` writes and what
+# `ccd ingest-folder` and the stream flow read).
+BLOCK_FILE = re.compile(r"block_(\d+)\.(csv|parquet|pq|jsonl|ndjson|json)")
 
 log = logging.getLogger(__name__)
 
@@ -224,11 +229,16 @@ def block_stats(blocks: list[pd.DataFrame]) -> list[dict[str, Any]]:
 def write_blocks(blocks: list[pd.DataFrame], out: Path, fmt: Literal["parquet", "csv"] = "parquet") -> list[dict[str, Any]]:
     """Write `block_<k>.<fmt>` files atomically (Parquet with zstd); return `block_stats(blocks)`.
 
+    Block files of an earlier cut in `out` that this one does not overwrite are removed.
+
     The Arrow table carries no pandas metadata, so equal frames give byte-identical files.
     """
     if fmt not in ("parquet", "csv"):
         raise BadInputError(f"--format must be parquet or csv, got {fmt!r}")
     out.mkdir(parents=True, exist_ok=True)
+    written = {f"block_{k}.{fmt}" for k in range(len(blocks))}
+    for stale in [p for p in out.iterdir() if BLOCK_FILE.fullmatch(p.name) and p.name not in written]:
+        stale.unlink()  # an earlier cut's blocks would otherwise be ingested with these
     for k, block in enumerate(blocks):
         table = pa.Table.from_pandas(block[list(COLUMNS)], preserve_index=False).replace_schema_metadata(None)
         if fmt == "parquet":

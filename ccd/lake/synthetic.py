@@ -29,6 +29,7 @@ neither dense nor in order of arrival and the lake's id mapping is exercised.
 Example
 -------
 >>> from ccd.config import SampleConfig
+from ccd.errors import BadInputError
 >>> blocks = generate_stream(SampleConfig(seed=0))
 >>> len(blocks), list(blocks[0].columns)
 (6, ['user_id', 'item_id', 'timestamp'])
@@ -44,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from ccd.config import SampleConfig
+from ccd.errors import BadInputError
 from ccd.lake.make_blocks import write_blocks
 
 DAY = 86_400
@@ -115,15 +117,15 @@ def write_sample(out: str | Path, config: SampleConfig) -> list[dict[str, Any]]:
 
 def _check(config: SampleConfig) -> None:
     if config.n_blocks < 2:
-        raise ValueError(f"n_blocks must be at least 2, got {config.n_blocks}")
+        raise BadInputError(f"sample.n_blocks must be at least 2, got {config.n_blocks}")
     if config.min_interactions < 1:
-        raise ValueError(f"min_interactions must be positive, got {config.min_interactions}")
+        raise BadInputError(f"sample.min_interactions must be positive, got {config.min_interactions}")
     for name in ("base_user_share", "base_item_share", "returning_share"):
         if not 0.0 < getattr(config, name) <= 1.0:
-            raise ValueError(f"{name} must be in (0, 1], got {getattr(config, name)}")
+            raise BadInputError(f"sample.{name} must be in (0, 1], got {getattr(config, name)}")
     arrivals = config.n_blocks - 1
     if config.n_users * (1 - config.base_user_share) < arrivals or config.n_items * (1 - config.base_item_share) < arrivals:
-        raise ValueError("too few users or items outside block 0 to have new ones in every later block")
+        raise BadInputError("too few users or items outside block 0 to have new ones in every later block")
 
 
 def _draw_world(config: SampleConfig, rng: np.random.Generator) -> _World:
