@@ -406,6 +406,8 @@ def _named_values(path: str | Path | None, overrides: list[str] | None) -> dict[
 
 
 def _read_file(path: Path) -> dict[str, Any]:
+    if path.suffix not in (".toml", ".json"):
+        raise BadInputError(f"config {path} must be a .toml or .json file")
     try:
         text = path.read_text()
     except OSError as exc:
@@ -413,7 +415,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"config {path} is not valid {path.suffix[1:] or 'JSON'}: {exc}") from None
+        raise BadInputError(f"config {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
 
 
 def _apply_override(values: dict[str, Any], item: str) -> None:
@@ -442,6 +444,41 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+# Ranges of numeric settings given by the user (defaults are in range): none is negative but
+# these; these must be above zero (a size, a count of steps, a rate, a temperature); these are
+# shares in [0, 1]. Checked here, so a bad value is one line before anything runs.
+_MAY_BE_NEGATIVE = {"continual.graph_min_similarity"}
+_ABOVE_ZERO = {
+    "lake.row_count_warn_ratio",
+    "sample.n_blocks", "sample.n_users", "sample.n_items", "sample.n_topics", "sample.dim", "sample.temperature",
+    "sample.base_days", "sample.block_days", "sample.min_interactions",
+    "train.lr", "train.batch_size", "train.user_batch_size", "train.max_epochs", "train.eval_every", "train.eval_batch_users",
+    "teacher.top_k", "teacher.vae_hidden",
+    "distill.n_interesting", "distill.n_uninteresting", "distill.top_n", "distill.rank_temperature",
+    "distill.n_interesting_users", "distill.n_uninteresting_users", "distill.rd_k", "distill.rd_temperature",
+    "distill.n_experts", "distill.tau_start", "distill.tau_end", "distill.tau_period",
+    "serving.max_k", "serving.default_k", "serving.refresh_seconds",
+    "continual.update_epochs", "continual.update_lr", "continual.update_batch_size", "continual.student_top",
+    "continual.teacher_top", "continual.student_replay_temperature", "continual.teacher_replay_temperature",
+    "continual.replay_resample_every", "continual.replay_batch_users", "continual.lwckd_tau", "continual.lwckd_anchors",
+    "continual.piw_temperature", "continual.kd_batch_size",
+}
+_SHARES = {
+    "lake.test_fraction", "lake.valid_fraction", "teacher.vae_dropout",
+    "sample.base_user_share", "sample.base_item_share", "sample.returning_share",
+    "continual.stability_weight", "continual.plasticity_weight",
+}
+
+
+def _check_range(where: str, value: float) -> None:
+    if where in _ABOVE_ZERO and not value > 0:
+        raise BadInputError(f"config {where} must be above 0, got {value!r}")
+    if where in _SHARES and not 0 <= value <= 1:
+        raise BadInputError(f"config {where} must be between 0 and 1, got {value!r}")
+    if where not in _MAY_BE_NEGATIVE and value < 0:
+        raise BadInputError(f"config {where} must not be negative, got {value!r}")
+
+
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where + ".")
@@ -457,7 +494,9 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         item_hint = args[0] if args else Any
         return origin(_coerce(item_hint, v, where) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise BadInputError(f"config {where} must be {hint.__name__}, got {value!r}")
+    if hint in (int, float):
+        _check_range(where, value)
     return value

@@ -3,6 +3,7 @@
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 import json
+import re
 import os
 import time
 
@@ -129,3 +130,34 @@ def test_runs_starting_at_once_pin_once_and_all_go_on(tmp_path, monkeypatch):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: Run(home, "ccd", RunConfig(), progress=False), range(32)))
     assert [p.name for p in pin_path(home, "default").parent.iterdir()] == ["config.json"]
+
+
+@pytest.mark.parametrize("item, message", [
+    ("train.lr=-1", "train.lr must be above 0, got -1.0"),
+    ("train.eval_batch_users=0", "train.eval_batch_users must be above 0, got 0"),
+    ("train.weight_decay=-5", "train.weight_decay must not be negative, got -5.0"),
+    ("distill.n_interesting=0", "distill.n_interesting must be above 0, got 0"),
+    ("teacher.top_k=0", "teacher.top_k must be above 0, got 0"),
+    ("registry.tolerance=-1", "registry.tolerance must not be negative, got -1.0"),
+    ("continual.stability_weight=1.5", "continual.stability_weight must be between 0 and 1, got 1.5"),
+    ("sample.n_users=-5", "sample.n_users must be above 0, got -5"),
+])
+def test_numeric_settings_out_of_range_are_one_clear_error(item, message):
+    """A value of the right type but out of range is refused before anything runs, not met as
+    a traceback deep in training (an optimiser's "Invalid learning rate")."""
+    with pytest.raises(BadInputError, match=re.escape(message)):
+        RunConfig.load(None, [item])
+
+
+def test_every_default_is_in_range_and_the_one_signed_setting_may_be_negative():
+    RunConfig.from_dict(RunConfig().to_dict())  # every default passes its own check
+    assert RunConfig.load(None, ["continual.graph_min_similarity=-0.2"]).continual.graph_min_similarity == -0.2
+
+
+def test_a_config_file_must_be_toml_or_json(tmp_path):
+    (tmp_path / "run.yaml").write_text("train:\n  lr: 0.1\n")
+    with pytest.raises(BadInputError, match=r"must be a \.toml or \.json file"):
+        RunConfig.load(tmp_path / "run.yaml")
+    (tmp_path / "bad.toml").write_text("[train\n")
+    with pytest.raises(BadInputError, match="is not valid TOML"):
+        RunConfig.load(tmp_path / "bad.toml")
