@@ -52,7 +52,13 @@ class Home:
 
     @classmethod
     def resolve(cls, home: str | os.PathLike | None = None) -> "Home":
-        """Pick the home folder: argument, then `CCD_HOME`, then `./.ccd`; create it."""
+        """Pick the home folder: argument, then `CCD_HOME`, then `./.ccd`; create it.
+
+        Also points matplotlib's cache (its font list, built on first use) into the home, unless
+        `MPLCONFIGDIR` is set: by default it writes to `~/.cache`, outside the home.
+        """
+        if home is not None and not str(home).strip():
+            raise BadInputError("home is empty: give a folder (or leave --home out for $CCD_HOME, else ./.ccd)")
         chosen = home if home is not None else os.environ.get("CCD_HOME") or DEFAULT_HOME
         try:
             root = Path(chosen).expanduser().resolve()
@@ -61,6 +67,7 @@ class Home:
             root.mkdir(parents=True, exist_ok=True)
         except (OSError, ValueError) as exc:  # a NUL in the name, a name too long, no permission
             raise BadInputError(f"home {str(chosen)[:200]!r} cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
+        os.environ.setdefault("MPLCONFIGDIR", str(root / "cache" / "matplotlib"))
         return cls(root)
 
     @property

@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,3 +163,24 @@ def test_an_unknown_option_of_a_registry_action_points_to_that_actions_help(tmp_
         main(["registry", "list", "--home", str(tmp_path / "home"), "--bogus"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err == "ccd registry list: error: unrecognized arguments: --bogus (see ccd registry list --help)\n"
+
+
+def test_a_plotting_command_writes_nothing_outside_the_home(tmp_path):
+    """matplotlib builds a font cache on first use, by default under the user's ~/.cache."""
+    user = tmp_path / "user"
+    user.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MPLCONFIGDIR" and not k.startswith("XDG_")}
+    env["HOME"] = str(user)
+    home = tmp_path / "home"
+    subprocess.run([sys.executable, "-m", "ccd", "report", "--home", str(home), "--no-latency", "--json"],
+                   cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
+    assert not any(user.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "user"]
+    assert (home / "cache" / "matplotlib").is_dir()
+
+
+def test_an_empty_home_is_refused_rather_than_taken_as_the_working_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["blocks", "--home", "", "--json"]) == 2
+    assert "home is empty" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

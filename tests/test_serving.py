@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import socket
 import time
 
 import numpy as np
@@ -195,7 +196,7 @@ def test_503_until_a_model_is_promoted_then_served(fresh):
     with _client(fresh) as client:
         for path in ("/recommend?user=u3", "/model", "/health"):
             answer = client.get(path)
-            assert answer.status_code == 503, path
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "1", path
         detail = client.get("/recommend", params={"user": "u3"})
         assert "no production student" in detail.json()["detail"]
         assert detail.headers["retry-after"] == "1"
@@ -226,7 +227,18 @@ def test_recommend_cli_json_and_errors(served, tmp_path, capsys):
 
     assert main(["recommend", "--home", str(served.root), "--user", "u3", "-k", "101"]) == 2
     assert "-k must be in [1, serving.max_k=100]" in capsys.readouterr().err
+    for user in ("", "u" * 257):  # the HTTP API's rule for ids
+        assert main(["recommend", "--home", str(served.root), "--user", user]) == 2
+        assert f"--user must be 1..256 characters, got {len(user)}" in capsys.readouterr().err
 
     assert main(["recommend", "--home", str(tmp_path / "empty"), "--user", "u3"]) == 2
     err = capsys.readouterr().err
     assert "no production student" in err and err.count("\n") == 1
+
+
+def test_serve_on_a_port_in_use_is_one_line(served, capsys):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--home", str(served.root), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ccd serve: error: cannot listen on 127.0.0.1:{port}") and err.count("\n") == 1

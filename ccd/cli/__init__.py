@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import NoReturn
+
+import duckdb
 
 from ccd.cli import distill, lake, models, sample, registry, report, serve, stages, stream
 from ccd.errors import CcdError
@@ -67,9 +70,28 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except CcdError as exc:
         # One line even when the message quotes a user's value holding a line break.
-        message = str(exc).replace("\r", "\\r").replace("\n", "\\n")
-        print(f"ccd {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return _one_line(args.command, str(exc).replace("\r", "\\r").replace("\n", "\\n"), 2)
+    except BrokenPipeError:  # `ccd stages | head` stopped reading: nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (OSError, duckdb.Error) as exc:  # the home's files: missing, unreadable, corrupt
+        return _one_line(args.command, f"{type(exc).__name__}: {exc}", 1)
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise  # a bug: keep its traceback
+        return _one_line(args.command, f"out of memory: these settings need more memory than there is ({exc})", 1)
     except KeyboardInterrupt:
         print(f"ccd {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(command: str, message: str, code: int) -> int:
+    """Print the first line of the error (a library's message may run on); return `code`."""
+    first = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    print(f"ccd {command}: error: {first}", file=sys.stderr)
+    return code
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether a failure is an allocation that did not fit (torch's CPU or CUDA allocator)."""
+    return isinstance(exc, MemoryError) or "allocate memory" in str(exc) or "out of memory" in str(exc).lower()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import socket
 
 from ccd.cli.common import add_command, config_of, emit, home_of, table
 from ccd.config import ServingConfig
 from ccd.errors import BadInputError
-from ccd.serve.service import Snapshot, check_config
+from ccd.serve.service import MAX_USER_ID, Snapshot, check_config
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -29,6 +30,8 @@ def run_recommend(args: argparse.Namespace) -> int:
     k = config.default_k if args.k is None else args.k
     if not 1 <= k <= config.max_k:
         raise BadInputError(f"-k must be in [1, serving.max_k={config.max_k}], got {k}")
+    if not 1 <= len(args.user) <= MAX_USER_ID:
+        raise BadInputError(f"--user must be 1..{MAX_USER_ID} characters, got {len(args.user)}")
     answer = Snapshot.load(home_of(args), config).recommend(args.user, k)
     rows = [{"rank": r, "item": i, "score": s} for r, (i, s) in enumerate(zip(answer.items, answer.scores), 1)]
     head = f"student v{answer.version} (block {answer.block}), user {answer.user}"
@@ -40,6 +43,7 @@ def run_recommend(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     config = _with_address(config_of(args).serving, args.host, args.port)
     check_config(config)
+    _check_address(config.host, config.port)
     import uvicorn  # only the server needs it; `ccd recommend` stays quick to start
 
     from ccd.serve.app import create_app
@@ -52,3 +56,13 @@ def run_serve(args: argparse.Namespace) -> int:
 def _with_address(config: ServingConfig, host: str | None, port: int | None) -> ServingConfig:
     changes = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     return dataclasses.replace(config, **changes)
+
+
+def _check_address(host: str, port: int) -> None:
+    """Bind once and let go, so a port in use or a bad host is one line before uvicorn starts
+    (uvicorn reports it in several log lines)."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except (OSError, OverflowError) as exc:
+        raise BadInputError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None

@@ -21,10 +21,8 @@ from fastapi.responses import JSONResponse
 
 from ccd.config import ServingConfig
 from ccd.home import Home
-from ccd.serve.service import NoModelError, RecommendService, Snapshot
+from ccd.serve.service import MAX_USER_ID, NoModelError, RecommendService, Snapshot
 
-# Longest accepted user id: ids are short keys, and this bounds what one request can send.
-MAX_USER_ID = 256
 
 
 def create_app(home: Home, config: ServingConfig) -> FastAPI:
@@ -72,6 +70,8 @@ def create_app(home: Home, config: ServingConfig) -> FastAPI:
     @app.get("/health")
     async def health() -> JSONResponse:
         state = service.health()
-        return JSONResponse(state, status_code=200 if state["status"] == "ok" else 503)
+        if state["status"] == "ok":
+            return JSONResponse(state)
+        return JSONResponse(state, status_code=503, headers=retry_after)
 
     return app

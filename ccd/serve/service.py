@@ -37,6 +37,8 @@ from ccd.train import pick_device
 log = logging.getLogger(__name__)
 MODEL_NAME = "student"  # what the CCD loop and the flows register and gate for serving
 POPULAR = "popular"
+# Longest accepted user id: ids are short keys, and this bounds what one request can send.
+MAX_USER_ID = 256
 
 
 class NoModelError(CcdError):
