@@ -99,7 +99,7 @@ def train_teacher(
         "params": sum(m.parameter_count() for m in models),
         **_metrics(valid, test),
     }
-    report = {"block": block, "members": rows, "ensemble": ensemble_row, "topk": {k: str(v) for k, v in topk.items()}}
+    report = {"block": block, "members": rows, "ensemble": ensemble_row, "topk": {k: v if isinstance(v, int) else str(v) for k, v in topk.items()}}
     write_text(out_dir / "teacher.json", json.dumps({**report, **built}, indent=2) + "\n")
     return report
 

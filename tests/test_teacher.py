@@ -58,6 +58,7 @@ def test_train_teacher_end_to_end(home_with_block, capsys):
     assert not torch.equal(bpr0.user_emb, bpr1.user_emb)
     items, _ = read_topk(Path(report["topk"]["user_topk"]))
     assert items.shape[1] == 5
+    assert report["topk"]["user_rows"] == items.shape[0] * 5  # a count stays a number in the JSON
     assert json.loads((home.model_dir(0, "teacher") / "teacher.json").read_text())["member_dirs"][0] == "teacher-bpr-0"
 
     again = _run(home, capsys)  # same data and configs: members are reused, not retrained
