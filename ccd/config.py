@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -452,7 +453,8 @@ _ABOVE_ZERO = {
     "lake.row_count_warn_ratio",
     "sample.n_blocks", "sample.n_users", "sample.n_items", "sample.n_topics", "sample.dim", "sample.temperature",
     "sample.base_days", "sample.block_days", "sample.min_interactions",
-    "train.lr", "train.batch_size", "train.user_batch_size", "train.max_epochs", "train.eval_every", "train.eval_batch_users",
+    "train.lr", "train.batch_size", "train.user_batch_size", "train.max_epochs", "train.eval_every", "train.patience",
+    "train.eval_batch_users",
     "teacher.top_k", "teacher.vae_hidden",
     "distill.n_interesting", "distill.n_uninteresting", "distill.top_n", "distill.rank_temperature",
     "distill.n_interesting_users", "distill.n_uninteresting_users", "distill.rd_k", "distill.rd_temperature",
@@ -471,6 +473,8 @@ _SHARES = {
 
 
 def _check_range(where: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise BadInputError(f"config {where} must be a finite number, got {value!r}")
     if where in _ABOVE_ZERO and not value > 0:
         raise BadInputError(f"config {where} must be above 0, got {value!r}")
     if where in _SHARES and not 0 <= value <= 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,9 +54,6 @@ class Home:
     @classmethod
     def resolve(cls, home: str | os.PathLike | None = None) -> "Home":
         """Pick the home folder: argument, then `CCD_HOME`, then `./.ccd`; create it.
-
-        Also points matplotlib's cache (its font list, built on first use) into the home, unless
-        `MPLCONFIGDIR` is set: by default it writes to `~/.cache`, outside the home.
         """
         if home is not None and not str(home).strip():
             raise BadInputError("home is empty: give a folder (or leave --home out for $CCD_HOME, else ./.ccd)")
@@ -67,7 +65,6 @@ class Home:
             root.mkdir(parents=True, exist_ok=True)
         except (OSError, ValueError) as exc:  # a NUL in the name, a name too long, no permission
             raise BadInputError(f"home {str(chosen)[:200]!r} cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
-        os.environ.setdefault("MPLCONFIGDIR", str(root / "cache" / "matplotlib"))
         return cls(root)
 
     @property
@@ -112,3 +109,11 @@ class Home:
 
     def model_dir(self, block: int, name: str) -> Path:
         return self.models / f"block={block_number(block)}" / safe_name(name, "model name")
+
+
+def keep_matplotlib_cache_in(home: Home) -> None:
+    """Point matplotlib's cache (its font list, built when matplotlib is first imported) into the
+    home: by default it goes to `~/.cache`, outside it. Call it before plotting; a no-op once
+    matplotlib is loaded (the process has its cache by then) or when `MPLCONFIGDIR` is set."""
+    if "matplotlib" not in sys.modules:
+        os.environ.setdefault("MPLCONFIGDIR", str(home.root / "cache" / "matplotlib"))

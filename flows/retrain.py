@@ -13,6 +13,7 @@ is registered as a new version and proposed through the registry's gate.
 from __future__ import annotations
 
 import argparse
+import uuid
 from typing import Any
 
 import prefect.runtime.flow_run
@@ -60,11 +61,13 @@ def retrain_groups(block: int, stages: list[str] | None, method: str, config: Ru
 
 def default_run_key() -> str:
     """`retrain-<flow run id>`: the same for every retry of one flow run, so a retried retrain
-    resumes its own stages instead of redoing them under a new key (and registering twice)."""
+    resumes its own stages instead of redoing them under a new key (and registering twice).
+    The id's last 12 hex digits: Prefect's ids are UUIDv7, whose leading digits are a timestamp
+    shared by runs started within a minute or so, the trailing ones random."""
     run_id = prefect.runtime.flow_run.id
     if run_id is None:  # called outside a flow run (`retrain.fn`)
         return f"retrain-{catalog.utc_now():%Y%m%dT%H%M%S}"
-    return f"retrain-{str(run_id)[:8]}"
+    return f"retrain-{uuid.UUID(str(run_id)).hex[-12:]}"
 
 
 @flow(name="retrain", flow_run_name="retrain block {block}", log_prints=True)

@@ -51,16 +51,18 @@ def earlier_rejection(home: Home, block: int, path: Path) -> str | None:
 
 
 @task(name="stale-report", cache_policy=NO_CACHE, retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, retry_condition_fn=transient)
-def stale_report(home: Home, method: str, until: str) -> int | None:
-    """The last block of the unbroken run of finished blocks 0, 1, ... if the stream report stops
-    before it, else None. Checked on every run, not only after new blocks, so a run that
-    finished some blocks and then failed gets its report and dashboard on the next run."""
+def stale_report(home: Home, method: str, until: str, processed: list[int]) -> int | None:
+    """The last block of the unbroken run of finished blocks 0, 1, ... if the stream report is
+    out of date, else None. It is when it stops before that block (checked on every run, so a
+    run that finished some blocks and then failed gets its report on the next one) or when this
+    run processed one of its blocks again (a replaced block)."""
     finished = -1
     while stages.is_done(home, finished + 1, final_stage(finished + 1, method, until)):
         finished += 1
     path = Layout(home, method).report_dir / "metrics.json"
     reported = json.loads(path.read_text())["blocks"][-1] if path.exists() else -1
-    return finished if finished > reported else None
+    redone = any(block <= finished for block in processed)
+    return finished if finished >= 0 and (finished > reported or redone) else None
 
 
 @flow(name="stream-ingest", log_prints=True)
@@ -94,7 +96,7 @@ def stream_ingest(
                 f"Report: {report}. Replace the file to go on."
             )
         run_block(str(path), block, str(where.root), config, method, until)
-    last = stale_report(where, method, until) if until != "ingest" else None
+    last = stale_report(where, method, until, [block for block, _ in new]) if until != "ingest" else None
     if last is not None:
         write_stream_report(where, run_settings(where, DEFAULT_RUN_KEY, config or {}), method, last)
         print(f"dashboard: {write_dashboard(where)}")

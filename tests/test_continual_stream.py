@@ -321,3 +321,13 @@ def test_a_stream_started_past_unfinished_blocks_fails_before_any_work(ccd_home,
     with pytest.raises(CcdError, match="stage retrain-evaluate of block 1 has not finished"):
         run_stream(home, "retrain", RunConfig.load(None, TINY), last_block=3, from_block=3, progress=False)
     assert list_stages(home) == before
+
+
+def test_the_report_lists_the_registered_blocks_only(ccd_home, tmp_path):
+    """A flow run that stops at evaluation (`--until evaluate`) registers nothing; its report
+    must still be written."""
+    home = copy_home(ccd_home, tmp_path)
+    with duckdb.connect(str(home.catalog_path)) as con:
+        con.execute("DELETE FROM stages WHERE stage = 'ccd-register' AND block = 5")
+    result = loop.report(Run(home, "ccd", RunConfig.load(None, TINY), progress=False), 5)
+    assert [d["version"] for d in result["registry"]] == [1, 2, 3, 4, 5]

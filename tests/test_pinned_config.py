@@ -141,6 +141,9 @@ def test_runs_starting_at_once_pin_once_and_all_go_on(tmp_path, monkeypatch):
     ("registry.tolerance=-1", "registry.tolerance must not be negative, got -1.0"),
     ("continual.stability_weight=1.5", "continual.stability_weight must be between 0 and 1, got 1.5"),
     ("sample.n_users=-5", "sample.n_users must be above 0, got -5"),
+    ("train.patience=0", "train.patience must be above 0, got 0"),
+    ("train.lr=Infinity", "train.lr must be a finite number, got inf"),
+    ("train.weight_decay=NaN", "train.weight_decay must be a finite number, got nan"),
 ])
 def test_numeric_settings_out_of_range_are_one_clear_error(item, message):
     """A value of the right type but out of range is refused before anything runs, not met as

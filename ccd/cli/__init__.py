@@ -19,6 +19,10 @@ from ccd.cli import distill, lake, models, sample, registry, report, serve, stag
 from ccd.errors import CcdError
 
 COMMAND_MODULES = [lake, sample, registry, models, distill, stages, serve, report, stream]
+# What a missing, unreadable or corrupt file under the home raises; other errors are bugs and
+# keep their traceback.
+HOME_FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError,
+                    duckdb.IOException, duckdb.SerializationException)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -74,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `ccd stages | head` stopped reading: nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (OSError, duckdb.Error) as exc:  # the home's files: missing, unreadable, corrupt
+    except HOME_FILE_ERRORS as exc:  # the home's files: missing, unreadable, corrupt
+        logging.getLogger(__name__).info("the error in full", exc_info=True)  # shown with -v
         return _one_line(args.command, f"{type(exc).__name__}: {exc}", 1)
     except (MemoryError, RuntimeError) as exc:
         if not _out_of_memory(exc):

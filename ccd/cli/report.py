@@ -14,9 +14,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    home = home_of(args)  # first: it points matplotlib's cache into the home
     from ccd.report import build_dashboard  # matplotlib loads only for this command
 
-    result = build_dashboard(home, args.out, latency=not args.no_latency)
+    result = build_dashboard(home_of(args), args.out, latency=not args.no_latency)
     emit(args, result, lambda: result["path"])
     return 0

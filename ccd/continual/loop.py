@@ -52,7 +52,7 @@ from ccd.data import BlockData
 from ccd.ensemble import USER_TOPK, Ensemble, StoredTopK, read_topk, write_topk
 from ccd.errors import BadInputError, CcdError
 from ccd.evaluate import UserItemCSR, first_counted_block
-from ccd.home import Home
+from ccd.home import Home, keep_matplotlib_cache_in
 from ccd.lake import catalog
 from ccd.lake.store import load_block_data
 from ccd.models import Recommender, io, parse_members
@@ -529,8 +529,9 @@ def report(run: Run, last: int) -> dict[str, Any]:
             "blocks": evaluation.summaries(rows, with_base),
         } if has_all else None
     out["stages"] = _timings(run, last)
-    if run.method == "ccd":
-        out["registry"] = [run.outputs(run.layout, k, "register") for k in range(last + 1)]
+    if run.method == "ccd":  # the registered blocks (a flow run that stops at evaluation registers none)
+        decisions = (stages.done_outputs(run.home, k, run.layout.stage("register"), run.layout.run_keys) for k in range(last + 1))
+        out["registry"] = [d for d in decisions if d is not None]
     return out
 
 
@@ -551,6 +552,7 @@ def write_report(run: Run, last: int) -> dict[str, Any]:
     The last two compare the methods' runs under this run key only: a retrain under another key
     has other settings, so it gets its own pair in `reports/stream/run=<key>/`."""
     result = report(run, last)
+    keep_matplotlib_cache_in(run.home)
     folder = run.layout.report_dir
     result["files"] = {"metrics": str(folder / "metrics.json"), "plot": str(folder / "hmean.png")}
     evaluation.plot_hmean(_series(result), folder / "hmean.png", f"{run.method}: H-mean over blocks")

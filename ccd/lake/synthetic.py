@@ -29,7 +29,6 @@ neither dense nor in order of arrival and the lake's id mapping is exercised.
 Example
 -------
 >>> from ccd.config import SampleConfig
-from ccd.errors import BadInputError
 >>> blocks = generate_stream(SampleConfig(seed=0))
 >>> len(blocks), list(blocks[0].columns)
 (6, ['user_id', 'item_id', 'timestamp'])
@@ -125,7 +124,7 @@ def _check(config: SampleConfig) -> None:
             raise BadInputError(f"sample.{name} must be in (0, 1], got {getattr(config, name)}")
     arrivals = config.n_blocks - 1
     if config.n_users * (1 - config.base_user_share) < arrivals or config.n_items * (1 - config.base_item_share) < arrivals:
-        raise BadInputError("too few users or items outside block 0 to have new ones in every later block")
+        raise BadInputError("sample: too few users or items outside block 0 to have new ones in every later block")
 
 
 def _draw_world(config: SampleConfig, rng: np.random.Generator) -> _World:

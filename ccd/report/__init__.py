@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ccd.atomic import write_text
-from ccd.home import Home
+from ccd.home import Home, keep_matplotlib_cache_in
 from ccd.report import collect as _collect
-from ccd.report import page, plots
+from ccd.report import page
 
 PAGE = "index.html"
 
@@ -38,6 +38,9 @@ def build_dashboard(home: Home, out_dir: str | Path | None = None, latency: bool
     out = out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = _collect.collect(home, latency=latency)
+    keep_matplotlib_cache_in(home)
+    from ccd.report import plots  # matplotlib loads here, its cache in the home
+
     drawn = {
         "blocks": plots.plot_blocks(data, out / "blocks.png"),
         "quality": plots.plot_quality(data, out / "quality.png"),

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ccd.report.collect import METRIC, DashboardData, Series
-from ccd.report.plots import STATUS_COLOURS
+
+# Validation status -> badge colour; the blocks plot colours its bars the same. Here, not in
+# `plots`, so that the page can be imported without loading matplotlib.
+STATUS_COLOURS = {"passed": "#2e7d32", "warning": "#ef8f00", "rejected": "#c62828"}
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif;

@@ -13,9 +13,8 @@ from matplotlib.figure import Figure
 
 from ccd.atomic import write_with
 from ccd.report.collect import METRIC, DashboardData
+from ccd.report.page import STATUS_COLOURS
 
-# Validation status -> bar colour; the page's badges use the same colours.
-STATUS_COLOURS = {"passed": "#2e7d32", "warning": "#ef8f00", "rejected": "#c62828"}
 SPLIT_COLOURS = {"train": "#4e79a7", "valid": "#a0cbe8", "test": "#f28e2b"}
 NAME_COLOURS = {"student": "#4e79a7", "teacher": "#e15759"}
 # One colour per method in the quality plots (the tableau palette, as matplotlib's default).

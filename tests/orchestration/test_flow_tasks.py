@@ -143,12 +143,15 @@ def test_stale_report_names_the_last_finished_block_the_report_lacks(home):
     """A run that finished blocks and then failed leaves the report behind; the next run,
     even with nothing new, must see it (and only up to the first unfinished block)."""
     finish = lambda block: stages.run_stage(home, block, final_stage(block, "ccd", "register"), lambda: {})
-    assert stale_report.fn(home, "ccd", "register") is None  # nothing finished, nothing to report
+    assert stale_report.fn(home, "ccd", "register", []) is None  # nothing finished, nothing to report
     finish(0), finish(1), finish(3)  # block 2 failed: 3 cannot be reported yet
-    assert stale_report.fn(home, "ccd", "register") == 1
+    assert stale_report.fn(home, "ccd", "register", []) == 1
     metrics = Layout(home, "ccd").report_dir / "metrics.json"
     metrics.parent.mkdir(parents=True)
     metrics.write_text(json.dumps({"blocks": [0, 1]}))
-    assert stale_report.fn(home, "ccd", "register") is None
+    assert stale_report.fn(home, "ccd", "register", []) is None
     finish(2)
-    assert stale_report.fn(home, "ccd", "register") == 3
+    assert stale_report.fn(home, "ccd", "register", []) == 3
+    metrics.write_text(json.dumps({"blocks": [0, 1, 2, 3]}))
+    assert stale_report.fn(home, "ccd", "register", []) is None
+    assert stale_report.fn(home, "ccd", "register", [3]) == 3  # block 3 replaced and run again
