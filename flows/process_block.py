@@ -27,7 +27,7 @@ from ccd.models import parse_members
 from ccd.stages import DEFAULT_RUN_KEY
 from flows.options import add_config_options, config_parameter, one_line_errors
 from flows.tasks import (
-    block_key, ingest, ledger_name, loop_stage, publish_metrics, publish_registry, publish_validation,
+    block_key, ingest, loop_stage, publish_metrics, publish_registry, publish_validation,
 )
 
 # Where a run may stop: after ingest (the lake only), after evaluation, or at the end (the CCD
@@ -53,7 +53,7 @@ def final_stage(block: int, method: str, until: str) -> str:
     """The ledger name of the block's last stage up to `until`: done means the block is done."""
     if until == "ingest":
         return "ingest"
-    return ledger_name(block, "register" if method == "ccd" and until == "register" else "evaluate", method)
+    return loop.ledger_name(block, "register" if method == "ccd" and until == "register" else "evaluate", method)
 
 
 def run_stages(home: Home, block: int, config: RunConfig, method: str, run_key: str,

@@ -100,11 +100,6 @@ def publish_validation(home: Home, block: int) -> str:
 # --- the CCD loop's stages
 
 
-def ledger_name(block: int, stage: str, method: str) -> str:
-    """The ledger name of a flow stage, as the loop records it, e.g. "base-ensemble"."""
-    return f"{'base' if loop.on_base(block, stage) else method}-{stage}"
-
-
 @task(name="ccd-stage", task_run_name="{stage} of block {block}", cache_policy=NO_CACHE)
 def loop_stage(home: Home, block: int, stage: str, config: RunConfig, method: str = "ccd",
                run_key: str = DEFAULT_RUN_KEY) -> dict[str, Any]:

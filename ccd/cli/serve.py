@@ -62,7 +62,6 @@ def _check_address(host: str, port: int) -> None:
     """Bind once and let go, so a port in use or a bad host is one line before uvicorn starts
     (uvicorn reports it in several log lines)."""
     try:
-        with socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET):
-            pass
+        socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
     except (OSError, OverflowError) as exc:
         raise BadInputError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None

@@ -15,8 +15,9 @@ them, distill the first student D_0, evaluate. Then, for each later block k, by 
 
 `block_plan` lists a block's stages in order and `stage_work` gives each one's function, so
 the flows run exactly these stages (the teacher members side by side). Every stage runs through
-the stage ledger (`ccd.stages.run_stage`) as `<method>-<stage>` of its block: a finished stage is skipped on a re-run (its recorded outputs are reused), so the loop
-resumes after a stop at the first unfinished stage. A stage writes its artifacts atomically
+the stage ledger (`ccd.stages.run_stage`) as `<method>-<stage>` of its block (`ledger_name`): a
+finished stage is skipped on a re-run (its recorded outputs are reused), so the loop resumes
+after a stop at the first unfinished stage. A stage writes its artifacts atomically
 (`ccd.models.io`, `ccd.ensemble.write_topk`) and returns their paths, which later stages load;
 see `state.Layout` for the layout and for retrains under another run key.
 
@@ -192,8 +193,9 @@ class Run:
         if self.method == "ccd":
             update = self.outputs(self.layout, block, "student-update")
             fresh = UserItemCSR.from_pairs(data.train, data.n_users, self.device)
-            for name in ("proxy_s", "proxy_p", "updated_student"):
-                model = self.load(update[name]).eval()
+            stability, plasticity, updated = (self.load(update[name]).eval() for name in ("proxy_s", "proxy_p", "updated_student"))
+            sources = [stability, updated] if same_tables(stability, plasticity) else [stability, plasticity, updated]
+            for model in sources:  # P = S at block 1: ranked once
                 pairs.append(top_pairs(model.score, old_users, k, fresh, self.config.train.eval_batch_users, self.device))
         return np.concatenate(pairs)
 
@@ -291,6 +293,11 @@ def block_plan(block: int, method: str, members: list[str]) -> list[tuple[str, .
 def on_base(block: int, stage: str) -> bool:
     """Whether `stage` of `block` belongs to the shared block 0 ("base" in the ledger)."""
     return block == 0 and stage != "register"
+
+
+def ledger_name(block: int, stage: str, method: str) -> str:
+    """The ledger name of a `block_plan` stage, e.g. "base-ensemble" or "ccd-distill"."""
+    return f"{BASE if on_base(block, stage) else method}-{stage}"
 
 
 def stage_work(run: Run, block: int, stage: str) -> tuple[Layout, Callable[[], dict[str, Any]]]:

@@ -24,7 +24,8 @@ from flows.process_block import block_plan, check_options, final_stage
 from flows.retrain import retrain, retrain_groups
 from flows.runners import task_runner
 from flows.stream_ingest import earlier_rejection, find_new_blocks, stale_report
-from flows.tasks import artifact_key, block_key, ingest, ledger_name, transient
+from flows.tasks import artifact_key, block_key, ingest, transient
+from ccd.continual.loop import ledger_name
 
 TWO = RunConfig.from_dict({"teacher": {"members": ["bpr:8x2"]}})
 from tests.conftest import make_block
