@@ -165,6 +165,13 @@ def test_an_unknown_option_of_a_registry_action_points_to_that_actions_help(tmp_
     assert capsys.readouterr().err == "ccd registry list: error: unrecognized arguments: --bogus (see ccd registry list --help)\n"
 
 
+def test_an_unknown_option_before_the_command_is_blamed_on_ccd_itself(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--bogus", "stages"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "ccd: error: unrecognized arguments: --bogus (see ccd --help)\n"
+
+
 def test_a_plotting_command_writes_nothing_outside_the_home(tmp_path):
     """matplotlib builds a font cache on first use, by default under the user's ~/.cache."""
     user = tmp_path / "user"

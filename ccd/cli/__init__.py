@@ -45,8 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """`parse_args`, but an unknown option is refused by the (sub)command it was given to, so
     the line points to that command's `--help`, as every other refused command line does."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
+        if unknown[0] in argv and argv.index(unknown[0]) < argv.index(args.command):  # `ccd --bogus stages`: ccd's own option
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         command = _choices(parser)[args.command]
         if getattr(args, "action", None) in _choices(command):  # `ccd registry <action>`
             command = _choices(command)[args.action]
