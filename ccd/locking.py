@@ -41,7 +41,8 @@ def lock_path(home: Home, name: str) -> Path:
 
 
 @contextmanager
-def file_lock(home: Home, name: str, timeout: float | None = 60.0, shared: bool = False) -> Iterator[Path]:
+def file_lock(home: Home, name: str, timeout: float | None = 60.0, shared: bool = False,
+              remove: bool = False) -> Iterator[Path]:
     """Hold the lock `name` of `home` for the duration of the `with` block.
 
     Parameters
@@ -56,6 +57,9 @@ def file_lock(home: Home, name: str, timeout: float | None = 60.0, shared: bool 
     shared : bool
         Take a shared lock (many holders, e.g. read-only DuckDB connections) instead of an
         exclusive one (one holder, excludes shared holders too).
+    remove : bool
+        Delete the lock file on release (an exclusive lock of a one-off name, such as one stage
+        of one block, so `locks/` does not keep a file per name ever locked).
 
     Yields
     ------
@@ -68,7 +72,10 @@ def file_lock(home: Home, name: str, timeout: float | None = 60.0, shared: bool 
     (exclusive, or shared inside shared) passes straight through, so a locked function may call
     another locked function. Other threads and other processes wait. Taking an exclusive lock
     inside a shared one of the same name is refused, because upgrading a flock is not atomic.
+    A waiter that wins the lock of a file its holder has just removed locks the new file instead.
     """
+    if remove and shared:
+        raise ValueError("only an exclusive lock can remove its file")
     path = lock_path(home, name)
     held: dict[Path, tuple[int, bool]] = _held.__dict__.setdefault("locks", {})
     if path in held:
@@ -83,10 +90,8 @@ def file_lock(home: Home, name: str, timeout: float | None = 60.0, shared: bool 
             if held[path][0] == 0:
                 del held[path]
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_locked(path, name, timeout, shared)
     try:
-        _acquire(fd, path, name, timeout, shared)
         if not shared:
             _write_owner(fd)
         held[path] = (1, shared)
@@ -94,14 +99,38 @@ def file_lock(home: Home, name: str, timeout: float | None = 60.0, shared: bool 
             yield path
         finally:
             del held[path]
+            if remove:
+                path.unlink()  # before unlocking: a waiter then sees the file is gone and retries
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 
 
-def _acquire(fd: int, path: Path, name: str, timeout: float | None, shared: bool) -> None:
-    mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+def _open_locked(path: Path, name: str, timeout: float | None, shared: bool) -> int:
+    """A descriptor of `path` holding its lock, once the locked file is still the one at `path`."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _acquire(fd, path, name, timeout, deadline, shared)
+        except BaseException:
+            os.close(fd)
+            raise
+        if _still_at(fd, path):
+            return fd
+        os.close(fd)  # its holder removed the file while we waited: lock the one at `path` now
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _acquire(fd: int, path: Path, name: str, timeout: float | None, deadline: float | None, shared: bool) -> None:
+    mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
     while True:
         try:
             fcntl.flock(fd, mode)

@@ -128,7 +128,7 @@ def run_stage(
         Whatever `fn` raised, after recording the stage as failed with the error message.
     """
     _check_key(block, stage, run_key)
-    with file_lock(home, _lock_name(block, stage, run_key), timeout=None):
+    with file_lock(home, _lock_name(block, stage, run_key), timeout=None, remove=True):
         record = get(home, block, stage, run_key)
         if record is not None and record.status == "done" and not force:
             log.info("block %d stage %s (%s): done at %s, skipped", block, stage, run_key, record.finished_at)

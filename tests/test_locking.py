@@ -22,10 +22,10 @@ def _hold(root, name, ready, release, shared=False):
         release.wait(30)
 
 
-def _increment(root, rounds):
+def _increment(root, rounds, remove=False):
     counter = root / "counter.txt"
     for _ in range(rounds):
-        with file_lock(Home(root), "counter", timeout=30):
+        with file_lock(Home(root), "counter", timeout=30, remove=remove):
             value = int(counter.read_text()) if counter.exists() else 0
             time.sleep(0.001)  # widen the read-modify-write window a race would need
             counter.write_text(str(value + 1))
@@ -67,14 +67,30 @@ def test_timeout_names_the_holder(tmp_path):
         pass
 
 
-def test_processes_serialize_read_modify_write(tmp_path):
-    procs = [CTX.Process(target=_increment, args=(tmp_path, 25)) for _ in range(4)]
+@pytest.mark.parametrize("remove", [False, True])
+def test_processes_serialize_read_modify_write(tmp_path, remove):
+    """Also when every holder deletes the lock file on release: a waiter that then wins the lock
+    of the deleted file must not run beside the holder of the new one."""
+    procs = [CTX.Process(target=_increment, args=(tmp_path, 25, remove)) for _ in range(4)]
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join(60)
         assert proc.exitcode == 0
     assert int((tmp_path / "counter.txt").read_text()) == 100
+    assert (tmp_path / "locks" / "counter.lock").exists() != remove
+
+
+def test_a_removed_lock_leaves_no_file_and_only_after_the_outer_hold(tmp_path):
+    home = Home(tmp_path)
+    with file_lock(home, "stage-x", remove=True) as path:
+        with file_lock(home, "stage-x", remove=True):
+            pass
+        assert path.exists()  # the inner, re-entrant hold releases nothing
+    assert not path.exists()
+    with pytest.raises(ValueError, match="exclusive"):
+        with file_lock(home, "stage-x", shared=True, remove=True):
+            pass
 
 
 def test_shared_holders_coexist_and_block_exclusive(tmp_path):

@@ -123,6 +123,7 @@ def test_concurrent_runs_of_one_stage_run_it_once(home):
         t.join()
     assert len(calls) == 1
     assert results == [{"by": 1}, {"by": 1}]
+    assert not list(home.locks.glob("stage-*.lock"))  # a stage's lock file goes with its run
 
 
 def test_ingest_as_a_stage_records_the_ingest_result(home, tmp_path):
