@@ -55,8 +55,8 @@ def main() -> None:
         config = run_settings(home, run.run_key, RunConfig.named(None, args.overrides))
         data, previous = run.data(block), run.load(run.distill_start(block))
         tests = {j: run.data(j).test for j in range(block + 1)}
-        exclude = config.continual.kd_exclude_top  # as the stream's stage 4 drew them, unless --set says otherwise
-        negatives = run.kd_negatives(block, home.root / lists.topk_dir(block)) if exclude else None
+        # as the stream's stage 4 drew them, unless --set says otherwise
+        negatives = run.kd_negatives(block, home.root / lists.topk_dir(block), config.continual)
         for seed in (int(s) for s in args.seeds.split(",")):
             start = time.perf_counter()
             seeded = config.replace(distill=dataclasses.replace(config.distill, seed=seed))

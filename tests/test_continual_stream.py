@@ -313,6 +313,7 @@ def test_stage_4_never_draws_the_teachers_or_ccds_sources_top_items_as_negatives
     legacy = Run(home, "ccd", RunConfig.load(None, [*TINY, "continual.kd_exclude_top=false"]), run_key="uniform", progress=False)
     loop.distilled_stage(legacy, legacy.layout, 2)
     assert seen["exclude_negatives"] is None
+    assert run.kd_negatives(2, settings=legacy.config.continual) is None  # a benchmark's --set overrides the pin
 
 
 def test_a_stream_started_past_unfinished_blocks_fails_before_any_work(ccd_home, tmp_path):

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ccd.atomic import write_text
-from ccd.config import RunConfig
+from ccd.config import ContinualConfig, RunConfig
 from ccd.continual import evaluation
 from ccd.continual.baselines import finetune_student, lwckd_student, retrain_student
 from ccd.continual.distill_stage import distill_block
@@ -178,14 +178,15 @@ class Run:
         ids, _ = read_topk(self.home.root / self.topk_dir(block - 1) / USER_TOPK)
         return list_pairs(ids, cap(self.config.continual.exclude_top, data.n_items), np.arange(self.data(block - 1).n_users))
 
-    def kd_negatives(self, block: int, topk_dir: Path | None = None) -> np.ndarray | None:
+    def kd_negatives(self, block: int, topk_dir: Path | None = None,
+                     settings: ContinualConfig | None = None) -> np.ndarray | None:
         """Pairs stage 4's BPR never draws as negatives (spec 2.2's exclusion lists): each old
         user's top items in block k's teacher lists (`topk_dir`, default this run's), which RRD
         pulls up, and for CCD under S_{k-1}, P_{k-1} and CL_k, block k's train items left out.
-        None at block 0, which has no old users; the caller decides whether to use them
-        (`continual.kd_exclude_top`)."""
-        c, data = self.config.continual, self.data(block)
-        if block == 0:
+        None at block 0, which has no old users, and when `continual.kd_exclude_top` is off in
+        `settings` (default this run's; a benchmark re-distilling under other settings passes its own)."""
+        c, data = settings or self.config.continual, self.data(block)
+        if block == 0 or not c.kd_exclude_top:
             return None
         k, old_users = cap(c.exclude_top, data.n_items), np.arange(self.data(block - 1).n_users)
         ids, _ = read_topk((topk_dir or self.home.root / self.topk_dir(block)) / USER_TOPK)
@@ -406,8 +407,7 @@ def distilled_stage(run: Run, layout: Layout, block: int) -> dict[str, Any]:
     """D_k: a student distilled from the ensemble's lists of block k (from D_{k-1}, CL_k or fresh)."""
     start = run.load(run.distill_start(block)) if block > 0 else None
     result = distill_block(run.home.root / run.topk_dir(block), run.data(block), run.config, run.teacher_dim, start,
-                           run.progress, validator=run.validator(block),
-                           exclude_negatives=run.kd_negatives(block) if run.config.continual.kd_exclude_top else None)
+                           run.progress, validator=run.validator(block), exclude_negatives=run.kd_negatives(block))
     path = run.save(result.student, layout, block, STUDENT, result.train)
     return {"path": path, "params": result.student.parameter_count(), "train": _brief(result.train)}
 
