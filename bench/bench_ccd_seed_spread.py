@@ -8,8 +8,9 @@ through `--block`; for each run and seed it distils block k's student again from
 teacher lists and its own start, D_{k-1} or CL_k (what the stream's distill stage does,
 `distill.seed` changed), and ranks it on the test splits of blocks 0..k. H is the harmonic mean of block k's Recall@20 and
 the mean over the earlier blocks (the one-block analogue of the paper's H). Seed 0 is the
-stream's own setting; `--set` changes a setting of the distillation (e.g. how its epoch is
-selected) on top of each run's own. `method:key@method:key` distils from the first run's D_{k-1}
+stream's own setting (combined with the block as the stream does, `loop.seeded_for_block`);
+`--set` changes a setting of the distillation (e.g. how its epoch is selected) on top of each
+run's own. `method:key@method:key` distils from the first run's D_{k-1}
 with the second run's teacher lists, which splits a gap between two runs into what their
 students carry and what their teachers list. Nothing is written to the home; a run key it has
 not pinned is an error.
@@ -26,7 +27,7 @@ import torch
 from bench_ccd_teacher_ablation import row, score, stored_run
 from ccd.config import RunConfig
 from ccd.continual.distill_stage import distill_block
-from ccd.continual.loop import Run
+from ccd.continual.loop import Run, seeded_for_block
 from ccd.continual.pinned_config import run_settings
 from ccd.continual.selection import stream_validator
 from ccd.home import Home
@@ -59,7 +60,7 @@ def main() -> None:
         negatives = run.kd_negatives(block, home.root / lists.topk_dir(block), config.continual)
         for seed in (int(s) for s in args.seeds.split(",")):
             start = time.perf_counter()
-            seeded = config.replace(distill=dataclasses.replace(config.distill, seed=seed))
+            seeded = seeded_for_block(config.replace(distill=dataclasses.replace(config.distill, seed=seed)), block)
             validator = stream_validator(seeded.continual, {j: run.data(j).valid for j in range(block)}, data)
             result = distill_block(home.root / lists.topk_dir(block), data, seeded, run.teacher_dim, previous, progress=False,
                                    validator=validator, exclude_negatives=negatives)

@@ -331,6 +331,10 @@ class ContinualConfig:
     # block's teacher lists (which RRD pulls up) nor, for CCD, under S_{k-1}, P_{k-1} and CL_k
     # (spec 2.2's exclusion lists). Runs pinned before this setting keep uniform negatives.
     kd_exclude_top: bool = True
+    # Stage 4's seed (batches, negatives, sampled sets) is `distill.seed` combined with the block
+    # (`loop.block_seed`), as every other training of the loop, so no two blocks' distillations
+    # repeat one draw sequence. Runs pinned before this setting keep `distill.seed` at every block.
+    kd_seed_per_block: bool = True
     kd_lambda_rrd: float = 0.1
     kd_lambda_ir: float = 0.1
     # Where the student distilled at block k >= 1 starts. "updated": CCD's D_k starts from its
@@ -356,6 +360,7 @@ class ContinualConfig:
 # it started. Any other key missing counts at its default (added with the old behaviour).
 BEFORE_ADDED: dict[tuple[str, str], Any] = {
     ("continual", "select_on"): "block", ("train", "graph"): "block", ("continual", "kd_exclude_top"): False,
+    ("continual", "kd_seed_per_block"): False,
 }
 
 

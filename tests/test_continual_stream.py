@@ -19,7 +19,7 @@ from ccd.cli import main
 from ccd.config import RunConfig
 from ccd.continual import loop
 from ccd.continual.exclusion import cap, list_pairs
-from ccd.continual.loop import Run, run_stream
+from ccd.continual.loop import Run, block_seed, run_stream
 from ccd.ensemble import USER_TOPK, read_topk
 from ccd.errors import CcdError
 from ccd.home import Home
@@ -314,6 +314,19 @@ def test_stage_4_never_draws_the_teachers_or_ccds_sources_top_items_as_negatives
     loop.distilled_stage(legacy, legacy.layout, 2)
     assert seen["exclude_negatives"] is None
     assert run.kd_negatives(2, settings=legacy.config.continual) is None  # a benchmark's --set overrides the pin
+
+
+def test_stage_4_draws_with_a_seed_of_its_block_unless_pinned_before(ccd_home, tmp_path, monkeypatch):
+    home = copy_home(ccd_home, tmp_path)
+    seeds = []
+    original = loop.distill_block
+    monkeypatch.setattr(loop, "distill_block", lambda *a, **kw: seeds.append(a[2].distill.seed) or original(*a, **kw))
+    for key, setting in (("per-block", "true"), ("one-seed", "false")):
+        config = RunConfig.load(None, [*TINY, "distill.seed=7", f"continual.kd_seed_per_block={setting}"])
+        run = Run(home, "ccd", config, run_key=key, progress=False)
+        for block in (1, 2):
+            loop.distilled_stage(run, run.layout, block)
+    assert seeds == [block_seed(7, 1), block_seed(7, 2), 7, 7]
 
 
 def test_a_stream_started_past_unfinished_blocks_fails_before_any_work(ccd_home, tmp_path):

@@ -28,6 +28,7 @@ event, seconds, outputs), which the flows turn into their own logs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -73,6 +74,13 @@ def block_seed(seed: int, block: int) -> int:
     """The seed of a model's training at `block`: distinct per block, so no two blocks of a run
     draw the same negatives, and fixed by (seed, block), so a re-run draws them again."""
     return seed * 1000 + block
+
+
+def seeded_for_block(config: RunConfig, block: int) -> RunConfig:
+    """`config` with stage 4's seed at `block` (`continual.kd_seed_per_block`)."""
+    if not config.continual.kd_seed_per_block:
+        return config
+    return config.replace(distill=dataclasses.replace(config.distill, seed=block_seed(config.distill.seed, block)))
 
 
 class Run:
@@ -406,7 +414,7 @@ def ensemble_stage(run: Run, block: int) -> dict[str, Any]:
 def distilled_stage(run: Run, layout: Layout, block: int) -> dict[str, Any]:
     """D_k: a student distilled from the ensemble's lists of block k (from D_{k-1}, CL_k or fresh)."""
     start = run.load(run.distill_start(block)) if block > 0 else None
-    result = distill_block(run.home.root / run.topk_dir(block), run.data(block), run.config, run.teacher_dim, start,
+    result = distill_block(run.home.root / run.topk_dir(block), run.data(block), seeded_for_block(run.config, block), run.teacher_dim, start,
                            run.progress, validator=run.validator(block), exclude_negatives=run.kd_negatives(block))
     path = run.save(result.student, layout, block, STUDENT, result.train)
     return {"path": path, "params": result.student.parameter_count(), "train": _brief(result.train)}
