@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,6 +56,36 @@ def write_with(target: Path, writer: Callable[[Path], None]) -> None:
     """Atomically create `target` by calling `writer(tmp_path)`."""
     with atomic_path(target) as tmp:
         writer(tmp)
+
+
+def copy_once(source: Path, target: Path) -> None:
+    """Copy the file or folder `source` to `target` unless `target` exists, all at once.
+
+    The copy is staged in a temporary sibling folder, synced, then renamed onto `target`, so
+    `target` is either absent or complete. Meant for content-addressed targets (the registry's
+    kept artifacts): when two writers race, whoever renames first wrote the same bytes.
+    """
+    source, target = Path(source), Path(target)
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=target.parent))
+    staged = staging / target.name
+    try:
+        if source.is_dir():
+            shutil.copytree(source, staged)
+        else:
+            shutil.copyfile(source, staged)
+        for file in [staged] if staged.is_file() else [p for p in staged.rglob("*") if p.is_file()]:
+            _fsync_file(file)
+        try:
+            os.rename(staged, target)
+        except OSError:
+            if not target.exists():
+                raise
+        _fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def sha256_file(path: Path) -> str:

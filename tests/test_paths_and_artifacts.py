@@ -131,7 +131,8 @@ def test_one_flipped_byte_in_a_registered_model_fails_its_load(home, file):
     registry.promote(home, "student", version.version, "test")
     assert torch.equal(io.load(registry.load_artifact_path(home, "student")).user_emb,
                        io.load(folder).user_emb)
-    target = folder / file
+    kept = version.path(home)  # the registry's copy: what serving loads
+    target = kept / file
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x01
     target.write_bytes(bytes(data))
@@ -139,7 +140,7 @@ def test_one_flipped_byte_in_a_registered_model_fails_its_load(home, file):
         registry.load_artifact_path(home, "student")
     if file == io.WEIGHTS:
         with pytest.raises(io.ModelFileError, match="SHA-256"):
-            io.load(folder)
+            io.load(kept)
 
 
 @pytest.mark.parametrize("argv", [

@@ -43,7 +43,7 @@ def test_register_list_and_get(home):
     teacher = add(home, 0.40, name="teacher")
 
     assert (first.version, second.version, teacher.version) == (1, 2, 1)
-    assert first.artifact == "models/student-0-0.3"
+    assert first.artifact == f"registry/student/{first.sha256}"  # the registry's own copy
     assert first.status == "registered" and first.aliases == ()
     assert first.lineage == {"teacher_version": 2, "blocks": [0]}
     assert RunConfig.from_dict(first.config) == config
@@ -68,6 +68,20 @@ def test_register_is_idempotent_per_artifact_block_and_method(home):
     (path / "model.safetensors").write_bytes(b"retrained")
     assert registry.register(home, "student", path, 0, "ccd", {METRIC: 0.3}, 10).version == 4
     assert len(registry.list_versions(home)) == 4
+
+
+def test_a_version_keeps_its_bytes_when_its_models_folder_is_written_again(home):
+    """A re-run of a block (a replaced block, a forced stage) saves into the same models folder:
+    production must still load what was registered, and the new model registers beside it."""
+    path = artifact(home, "m", b"first training")
+    first = registry.register(home, "student", path, 3, "ccd", {METRIC: 0.3}, 10)
+    registry.propose(home, "student", first.version)
+    (path / "model.safetensors").write_bytes(b"second training")
+    assert registry.load_artifact_path(home, "student") == first.path(home)
+    assert (first.path(home) / "model.safetensors").read_bytes() == b"first training"
+    second = registry.register(home, "student", path, 3, "ccd", {METRIC: 0.3}, 10)
+    assert second.version == 2 and (second.path(home) / "model.safetensors").read_bytes() == b"second training"
+    assert not list(first.path(home).parent.glob(".tmp-*"))  # no staging folder left behind
 
 
 def test_folder_checksum_covers_file_names(home):

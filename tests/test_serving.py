@@ -210,7 +210,7 @@ def test_a_tampered_new_version_is_refused_and_the_old_one_keeps_serving(served)
     assert service.refresh() and service.require().version.version == 1
     version = _register(served, 1)
     registry.promote(served, "student", version, "to be tampered")
-    weights = served.model_dir(1, "student") / io.WEIGHTS
+    weights = registry.get(served, "student", version).path(served) / io.WEIGHTS
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     assert not service.refresh()
     assert service.require().version.version == 1

@@ -4,8 +4,9 @@ Semantics follow MLflow's model registry:
 
 - A *version* is one trained artifact of a named model ("teacher", "student", ...), numbered
   1, 2, ... per name and immutable once registered. It records the block and method that made
-  it, its metrics, parameter count, the artifact's path (relative to the home folder) and sha256,
-  its lineage (teacher version, data blocks) and the full config.
+  it, its metrics, parameter count, the path of the registry's own copy of the artifact
+  (`registry/<name>/<sha256>` under the home, which a re-run of the block never overwrites) and
+  its sha256, its lineage (teacher version, data blocks) and the full config.
 - An *alias* (`production`, `candidate`) points at one version per name. Every move of
   `production` is a *decision*, logged with its reason and the production it replaced; that log
   is what `rollback` walks back.
@@ -23,6 +24,7 @@ import hashlib
 import json
 import math
 import numbers
+import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -32,7 +34,7 @@ from typing import Any
 
 import duckdb
 
-from ccd.atomic import sha256_file
+from ccd.atomic import copy_once, sha256_file
 from ccd.config import RunConfig
 from ccd.errors import BadInputError, CcdError
 from ccd.home import Home, safe_name
@@ -41,6 +43,8 @@ from ccd.locking import file_lock
 # Writers hold the lock for milliseconds, plus one artifact checksum in `propose`; two minutes
 # only runs out when something is stuck.
 LOCK_TIMEOUT = 120.0
+# The registry's copies of registered artifacts, `<ARTIFACTS>/<name>/<sha256>` under the home.
+ARTIFACTS = "registry"
 PRODUCTION, CANDIDATE = "production", "candidate"
 # A version's status: registered (not yet proposed), production (now), archived (was
 # production), candidate (kept back by the gate), rejected (failed the gate's sanity checks).
@@ -216,6 +220,7 @@ def register(
     ----------
     artifact_path : path
         A file or a folder inside the home folder; a relative path is relative to `home.root`.
+        The version records the registry's copy of it (`registry/<name>/<sha256>`).
     metrics : mapping of str to float
         Evaluation results; NaN is accepted here (the gate rejects it later).
     n_params : int
@@ -234,8 +239,8 @@ def register(
     clean_metrics = _check_metrics(metrics)
     config_dict = config.to_dict() if isinstance(config, RunConfig) else dict(config or {})
     lineage_json, config_json = _to_json(lineage or {}, "lineage"), _to_json(config_dict, "config")
-    relative = _inside_home(home, Path(artifact_path))
-    sha = sha256_artifact(home.root / relative)
+    sha = sha256_artifact(home.root / _inside_home(home, Path(artifact_path)))
+    kept = _keep(home, Path(artifact_path), name, sha)
     with connect(home, write=True) as con:
         row = con.execute(
             "SELECT version FROM versions WHERE name = ? AND block = ? AND method = ? AND sha256 = ?",
@@ -246,10 +251,26 @@ def register(
         version = con.execute("SELECT coalesce(max(version), 0) + 1 FROM versions WHERE name = ?", [name]).fetchone()[0]
         con.execute(
             "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'registered', '')",
-            [name, version, int(block), method, json.dumps(clean_metrics), int(n_params), relative, sha,
+            [name, version, int(block), method, json.dumps(clean_metrics), int(n_params), kept, sha,
              lineage_json, config_json, _now()],
         )
         return fetch(con, name, version)
+
+
+def _keep(home: Home, artifact_path: Path, name: str, sha: str) -> str:
+    """The registry's own copy of an artifact, named by its checksum (relative to the home).
+
+    A version must keep pointing at the bytes it was registered with, while the folder a model
+    was trained into is written again when its block is re-run (a replaced block, a forced
+    stage): serving and rollback load the copy, which nothing overwrites.
+    """
+    kept = f"{ARTIFACTS}/{name}/{sha}"
+    source = artifact_path if artifact_path.is_absolute() else home.root / artifact_path
+    copy_once(source, home.root / kept)
+    if sha256_artifact(home.root / kept) != sha:  # the source changed while it was copied
+        shutil.rmtree(home.root / kept, ignore_errors=True)
+        raise ArtifactIntegrityError(f"artifact {artifact_path} changed while it was registered; register it again")
+    return kept
 
 
 def get(home: Home, name: str, ref: int | str = PRODUCTION) -> ModelVersion:
