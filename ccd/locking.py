@@ -14,6 +14,7 @@ Example
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
@@ -100,7 +101,7 @@ def file_lock(home: Home, name: str, timeout: float | None = 60.0, shared: bool 
         finally:
             del held[path]
             if remove:
-                path.unlink()  # before unlocking: a waiter then sees the file is gone and retries
+                path.unlink(missing_ok=True)  # before unlocking: a waiter then sees the file is gone and retries
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
@@ -114,6 +115,11 @@ def _open_locked(path: Path, name: str, timeout: float | None, shared: bool) -> 
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             _acquire(fd, path, name, timeout, deadline, shared)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno == errno.ESTALE:  # NFS: the file was removed by its holder; lock the new one
+                continue
+            raise
         except BaseException:
             os.close(fd)
             raise
@@ -123,10 +129,16 @@ def _open_locked(path: Path, name: str, timeout: float | None, shared: bool) -> 
 
 
 def _still_at(fd: int, path: Path) -> bool:
+    """Whether `path` still names the file locked through `fd`. Opened again rather than
+    stat'ed: an open revalidates the name on NFS, where a stat may answer from a cache."""
     try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
+        current = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
+    try:
+        return os.path.samestat(os.fstat(fd), os.fstat(current))
+    finally:
+        os.close(current)
 
 
 def _acquire(fd: int, path: Path, name: str, timeout: float | None, deadline: float | None, shared: bool) -> None:
