@@ -571,15 +571,15 @@ def write_report(run: Run, last: int) -> dict[str, Any]:
     folder = run.layout.report_dir
     result["files"] = {"metrics": str(folder / "metrics.json"), "plot": str(folder / "hmean.png")}
     evaluation.plot_hmean(_series(result), folder / "hmean.png", f"{run.method}: H-mean over blocks")
-    write_text(folder / "metrics.json", json.dumps(result, indent=2, default=str) + "\n")
-    reports = _stream_reports(run.home, run.run_key)
+    reports = _stream_reports(run.home, run.run_key, result)
     if len(reports) > 1:
         path = _comparison_dir(run.home, run.run_key) / "hmean_all.png"
         series = {name: points for r in reports for name, points in _series(r, f"{r['method']} ").items()}
         evaluation.plot_hmean(series, path, "H-mean over blocks, every method")
         result["files"]["plot_all"] = str(path)
         _add_ccd_lead(_comparison_dir(run.home, run.run_key), reports, result)
-        write_text(folder / "metrics.json", json.dumps(result, indent=2, default=str) + "\n")
+    # Last, once the plots are drawn: a report's metrics.json says it is up to date.
+    write_text(folder / "metrics.json", json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 
@@ -607,10 +607,17 @@ def _comparison_dir(home: Home, run_key: str) -> Path:
     return keyed(home.reports / "stream", run_key)
 
 
-def _stream_reports(home: Home, run_key: str) -> list[dict[str, Any]]:
-    """The `metrics.json` of every method run under `run_key`, in method-name order."""
-    paths = (Layout(home, method, run_key).report_dir / "metrics.json" for method in sorted(METHODS))
-    return [json.loads(path.read_text()) for path in paths if path.exists()]
+def _stream_reports(home: Home, run_key: str, current: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every method's report under `run_key`, in method-name order: `current` for its method,
+    the others' `metrics.json`."""
+    reports = []
+    for method in sorted(METHODS):
+        path = Layout(home, method, run_key).report_dir / "metrics.json"
+        if method == current["method"]:
+            reports.append(current)
+        elif path.exists():
+            reports.append(json.loads(path.read_text()))
+    return reports
 
 
 def _brief(result: TrainResult) -> dict[str, Any]:
