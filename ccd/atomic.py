@@ -58,6 +58,30 @@ def write_with(target: Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
+def write_once(target: Path, data: bytes) -> bool:
+    """Create `target` with `data` unless it exists (`os.link` never overwrites); whether we did.
+
+    The staged file has a unique name, so concurrent first writers (threads of one flow run, or
+    processes) never collide: one creates `target`, the others leave it as it is.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, staged = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=target.suffix, dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(staged, _FILE_MODE)
+        os.link(staged, target)
+        _fsync_dir(target.parent)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(staged)
+
+
 def copy_once(source: Path, target: Path) -> None:
     """Copy the file or folder `source` to `target` unless `target` exists, all at once.
 

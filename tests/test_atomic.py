@@ -26,6 +26,26 @@ def test_written_files_are_readable_by_others(tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) & 0o044 == 0o044
 
 
+def test_write_once_never_overwrites_and_leaves_a_readable_file(tmp_path):
+    target = tmp_path / "runs" / "pin.json"
+    assert atomic.write_once(target, b"first")
+    assert not atomic.write_once(target, b"second")
+    assert target.read_bytes() == b"first" and list(target.parent.iterdir()) == [target]
+    assert stat.S_IMODE(target.stat().st_mode) & 0o044 == 0o044  # workers running as another user read pins
+
+
+def test_copy_once_copies_a_folder_whole_and_only_once(tmp_path):
+    source = tmp_path / "model"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "w.bin").write_bytes(b"weights")
+    target = tmp_path / "kept" / "abc"
+    atomic.copy_once(source, target)
+    (source / "sub" / "w.bin").write_bytes(b"changed")
+    atomic.copy_once(source, target)  # already there: left as it is
+    assert (target / "sub" / "w.bin").read_bytes() == b"weights"
+    assert [p.name for p in target.parent.iterdir()] == ["abc"]  # no staging folder left
+
+
 def test_remove_temp_files(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / f"{atomic.TMP_PREFIX}abc.parquet").write_bytes(b"partial")

@@ -18,8 +18,6 @@ settings with only the changes it names.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +70,8 @@ def pin_config(home: Home, run_key: str, config: RunConfig) -> None:
     path = pin_path(home, run_key)
     wanted = pinned_settings(config)
     if not path.exists():
-        _create_once(path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+        # Never overwritten: a concurrent first run's pin is compared against ours below.
+        atomic.write_once(path, (json.dumps(wanted, indent=2, sort_keys=True) + "\n").encode())
     changed = differing(wanted, read_pin(home, run_key), PINNED_SECTIONS)
     if changed:
         raise BadInputError(
@@ -114,23 +113,3 @@ def differing(wanted: dict[str, Any], pinned: dict[str, Any], sections: tuple[st
                for key in sorted(set(wanted[section]) | set(pinned[section]))
                if wanted[section].get(key) != pinned[section].get(key)]
     return ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
-
-
-def _create_once(path: Path, text: str) -> None:
-    """Write `path` unless another run created it first (link() never overwrites).
-
-    The scratch file has a unique name, since the teacher members of one flow run start their
-    stages, and so pin, at the same moment from threads of one process.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=atomic.TMP_PREFIX, suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(scratch, path)
-    except FileExistsError:
-        pass  # pinned by a concurrent first run; the caller compares ours against it
-    finally:
-        os.unlink(scratch)
