@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from ccd import atomic
 from ccd.config import RunConfig
 from ccd.continual.loop import Run
-from ccd.continual import pinned_config
 from ccd.continual.pinned_config import pin_path, run_settings
 from ccd.errors import BadInputError
 from ccd.home import Home
@@ -126,7 +126,7 @@ def test_runs_starting_at_once_pin_once_and_all_go_on(tmp_path, monkeypatch):
         time.sleep(0.02)
         link(source, target)
 
-    monkeypatch.setattr(pinned_config.os, "link", slow_link)
+    monkeypatch.setattr(atomic.os, "link", slow_link)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: Run(home, "ccd", RunConfig(), progress=False), range(32)))
     assert [p.name for p in pin_path(home, "default").parent.iterdir()] == ["config.json"]
