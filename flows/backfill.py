@@ -52,7 +52,7 @@ def backfill(
     """
     check_options(until, method)
     where = Home.resolve(home)
-    run_block = process_block.with_options(task_runner=task_runner(runner))
+    run_block = process_block.with_options(task_runner=task_runner(runner, where))
     files = list_block_files(Path(folder))
     progress = create_progress_artifact(0.0, key="backfill-progress", description=f"blocks of {folder} through {until}")
     for done, (block, path) in enumerate(files, start=1):

@@ -85,7 +85,7 @@ def stream_ingest(
     """
     check_options(until, method)
     where = Home.resolve(home)
-    run_block = process_block.with_options(task_runner=task_runner(runner))
+    run_block = process_block.with_options(task_runner=task_runner(runner, where))
     new = find_new_blocks(where, Path(landing_folder), until, method)
     print(f"{len(new)} new block(s) in {landing_folder}: {[block for block, _ in new]}")
     for block, path in new:

@@ -6,6 +6,7 @@ import argparse
 import json
 from types import SimpleNamespace
 
+import dask
 import duckdb
 import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -15,6 +16,7 @@ from ccd import stages
 from ccd.config import LakeConfig
 from ccd.continual.state import Layout
 from ccd.errors import BadInputError, BlockOrderError, ValidationFailedError
+from ccd.home import Home
 from ccd.lake import catalog
 from ccd.lake.ingest import ingest_block
 from ccd.locking import LockTimeoutError
@@ -88,12 +90,15 @@ def test_config_parameter_keeps_what_was_named_and_rejects_typos():
         config_parameter(parser.parse_args(["--set", "train.learning_rate=0.01"]))
 
 
-def test_task_runner_choices():
-    assert isinstance(task_runner("threads"), ThreadPoolTaskRunner)
-    assert isinstance(task_runner("dask"), DaskTaskRunner)
-    assert task_runner("tcp://10.0.0.5:8786").address == "tcp://10.0.0.5:8786"
+def test_task_runner_choices(tmp_path):
+    home = Home(tmp_path)
+    assert isinstance(task_runner("threads", home), ThreadPoolTaskRunner)
+    with dask.config.set({"temporary-directory": None}):  # restored afterwards
+        assert isinstance(task_runner("dask", home), DaskTaskRunner)
+        assert dask.config.get("temporary-directory") == str(tmp_path / "cache" / "dask")  # scratch in the home
+    assert task_runner("tcp://10.0.0.5:8786", home).address == "tcp://10.0.0.5:8786"
     with pytest.raises(BadInputError, match="unknown task runner"):
-        task_runner("gpu")
+        task_runner("gpu", home)
 
 
 def test_unknown_options_are_refused_before_anything_runs(home):
