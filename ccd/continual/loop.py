@@ -494,14 +494,15 @@ def register_stage(run: Run, block: int) -> dict[str, Any]:
     rows = [row for e in evaluations for row in e["student"]]
     metrics = evaluation.gate_metrics(evaluation.summaries(rows, run.config.continual.with_base_block)[-1])
     members = {name: _artifact(run, run.member_path(block, name)) for name in run.members}
+    path = run.student_path(block)
     lineage = {
         "blocks": list(range(block + 1)),
         "run_key": run.run_key,
+        "trained_into": path,  # the registry serves its own copy of it
         "teacher_members": members,
         "teacher_topk": run.topk_dir(block),
         "start_student": run.distill_start(block) if block else None,
     }
-    path = run.student_path(block)
     version = register(run.home, STUDENT, path, block, run.method, metrics, evaluations[-1]["student_params"], lineage, run.config)
     history = [row for e in evaluations[:-1] for row in e["student"]]
     decision = propose(run.home, STUDENT, version.version, run.config.registry, production_rescored(run, block, history))

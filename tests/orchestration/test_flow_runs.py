@@ -210,7 +210,7 @@ def test_a_retrain_registers_a_new_candidate_and_leaves_earlier_results_alone(ki
 
     newest = registry.list_versions(home, "student")[-1]
     assert (newest.version, newest.block, newest.lineage["run_key"]) == (BLOCKS + 1, 1, "retrain-lr")
-    assert newest.artifact.endswith("run=retrain-lr/student")
+    assert newest.lineage["trained_into"].endswith("run=retrain-lr/student")
     assert artifact("registry-block-1-retrain-lr").data.startswith(f"# Registry: student v{BLOCKS + 1} of block 1")
     decision = result["stages"]["register"]  # block 1 is older than production's block 2: kept back
     assert decision["version"] == newest.version and not decision["promoted"]
