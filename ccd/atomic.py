@@ -82,34 +82,47 @@ def write_once(target: Path, data: bytes) -> bool:
         os.unlink(staged)
 
 
-def copy_once(source: Path, target: Path) -> None:
-    """Copy the file or folder `source` to `target` unless `target` exists, all at once.
+def copy_whole(source: Path, target: Path) -> None:
+    """Copy the file or folder `source` onto `target`, replacing it, so that `target` is never a
+    partial copy: staged in a temporary sibling folder, synced, then renamed into place.
 
-    The copy is staged in a temporary sibling folder, synced, then renamed onto `target`, so
-    `target` is either absent or complete. Meant for content-addressed targets (the registry's
-    kept artifacts): when two writers race, whoever renames first wrote the same bytes.
+    One writer at a time (the caller holds a lock). A killed copy leaves only its staging
+    folder, which `remove_staging` clears.
     """
     source, target = Path(source), Path(target)
-    if target.exists():
-        return
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=target.parent))
-    staged = staging / target.name
+    staged = staging / "new"
     try:
         if source.is_dir():
             shutil.copytree(source, staged)
         else:
             shutil.copyfile(source, staged)
-        for file in [staged] if staged.is_file() else [p for p in staged.rglob("*") if p.is_file()]:
-            _fsync_file(file)
-        try:
-            os.rename(staged, target)
-        except OSError:
-            if not target.exists():
-                raise
+        _fsync_tree(staged)
+        if target.exists():
+            os.rename(target, staging / "old")  # a damaged earlier copy, deleted with the staging folder
+        os.rename(staged, target)
         _fsync_dir(target.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_staging(folder: Path) -> None:
+    """Delete the staging folders that killed `copy_whole` calls left in `folder` (the caller
+    holds the lock its writers take, so none is in use)."""
+    for path in Path(folder).glob(f"{TMP_PREFIX}*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_tree(path: Path) -> None:
+    """Sync a file, or a folder's files and the folders themselves, deepest first."""
+    if path.is_file():
+        _fsync_file(path)
+        return
+    for item in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        _fsync_file(item) if item.is_file() else _fsync_dir(item)
+    _fsync_dir(path)
 
 
 def sha256_file(path: Path) -> str:

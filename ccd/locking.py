@@ -14,6 +14,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -100,8 +101,9 @@ def file_lock(home: Home, name: str, timeout: float | None = 60.0, shared: bool 
             yield path
         finally:
             del held[path]
-            if remove:
-                path.unlink(missing_ok=True)  # before unlocking: a waiter then sees the file is gone and retries
+            if remove:  # before unlocking: a waiter then sees the file is gone and retries
+                with contextlib.suppress(OSError):  # best effort: the holder's work is done
+                    path.unlink()
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
@@ -137,6 +139,10 @@ def _still_at(fd: int, path: Path) -> bool:
         return False
     try:
         return os.path.samestat(os.fstat(fd), os.fstat(current))
+    except OSError as exc:
+        if exc.errno == errno.ESTALE:  # NFS: the locked file is gone
+            return False
+        raise
     finally:
         os.close(current)
 

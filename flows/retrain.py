@@ -3,7 +3,7 @@
     python -m flows.retrain 1 --stages distill --set train.lr=0.01 --home .ccd
     prefect deployment run 'retrain/retrain' -p block=1 -p 'stages=["distill"]' -p 'config={"train": {"lr": 0.01}}'
 
-The stages run under a new run key (`retrain-<flow run id>` unless given, the same for every
+The stages run under a new run key (`retrain-<12 hex digits of the flow run id>` unless given, the same for every
 retry of the run): the loop writes their
 models under `.../block=K/run=<key>/` and the stage ledger records them under the key, so the
 block's earlier results (and every other block's) stay as they were. The retrained CCD student
@@ -60,7 +60,7 @@ def retrain_groups(block: int, stages: list[str] | None, method: str, config: Ru
 
 
 def default_run_key() -> str:
-    """`retrain-<flow run id>`: the same for every retry of one flow run, so a retried retrain
+    """`retrain-<12 hex digits of the flow run id>`: the same for every retry of one flow run, so a retried retrain
     resumes its own stages instead of redoing them under a new key (and registering twice).
     The id's last 12 hex digits: Prefect's ids are UUIDv7, whose leading digits are a timestamp
     shared by runs started within a minute or so, the trailing ones random."""

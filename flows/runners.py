@@ -32,8 +32,11 @@ def task_runner(spec: str, home: Home) -> TaskRunner:
     from prefect_dask import DaskTaskRunner
 
     if spec == "dask":
-        dask.config.set({"temporary-directory": str(home.root / "cache" / "dask")})  # this flow run's process
-        return DaskTaskRunner(cluster_kwargs=LOCAL_DASK)
+        scratch = str(home.root / "cache" / "dask")
+        # The workers take `local_directory`; the scheduler's lock files follow the process-wide
+        # setting, which stays set for this flow-run process (one flow run, one home).
+        dask.config.set({"temporary-directory": scratch})
+        return DaskTaskRunner(cluster_kwargs={**LOCAL_DASK, "local_directory": scratch})
     if spec.startswith(("tcp://", "tls://")):
         return DaskTaskRunner(address=spec)
     raise BadInputError(f"unknown task runner {spec!r}: use 'threads', 'dask' or a Dask scheduler address (tcp://host:8786)")

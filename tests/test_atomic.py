@@ -34,16 +34,20 @@ def test_write_once_never_overwrites_and_leaves_a_readable_file(tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) & 0o044 == 0o044  # workers running as another user read pins
 
 
-def test_copy_once_copies_a_folder_whole_and_only_once(tmp_path):
+def test_copy_whole_replaces_the_target_and_leaves_no_staging(tmp_path):
     source = tmp_path / "model"
     (source / "sub").mkdir(parents=True)
     (source / "sub" / "w.bin").write_bytes(b"weights")
     target = tmp_path / "kept" / "abc"
-    atomic.copy_once(source, target)
+    atomic.copy_whole(source, target)
     (source / "sub" / "w.bin").write_bytes(b"changed")
-    atomic.copy_once(source, target)  # already there: left as it is
-    assert (target / "sub" / "w.bin").read_bytes() == b"weights"
-    assert [p.name for p in target.parent.iterdir()] == ["abc"]  # no staging folder left
+    atomic.copy_whole(source, target)  # over an earlier copy
+    assert (target / "sub" / "w.bin").read_bytes() == b"changed"
+    atomic.copy_whole(source / "sub" / "w.bin", tmp_path / "kept" / "w.bin")  # a single file
+    assert (tmp_path / "kept" / "w.bin").read_bytes() == b"changed"
+    (tmp_path / "kept" / f"{atomic.TMP_PREFIX}killed" / "new").mkdir(parents=True)  # a killed copy's staging
+    atomic.remove_staging(tmp_path / "kept")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["abc", "w.bin"]
 
 
 def test_remove_temp_files(tmp_path):

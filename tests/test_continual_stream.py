@@ -327,6 +327,7 @@ def test_stage_4_draws_with_a_seed_of_its_block_unless_pinned_before(ccd_home, t
         for block in (1, 2):
             loop.distilled_stage(run, run.layout, block)
     assert seeds == [block_seed(7, 1), block_seed(7, 2), 7, 7]
+    assert loop.seeded_for_block(config, 0).distill.seed == 7  # block 0's shared student: distill.seed
 
 
 def test_a_stream_started_past_unfinished_blocks_fails_before_any_work(ccd_home, tmp_path):

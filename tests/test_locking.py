@@ -3,6 +3,7 @@
 import multiprocessing
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -117,6 +118,29 @@ def test_reentrant_in_one_thread(tmp_path):
         with pytest.raises(CcdError, match="exclusive"):
             with file_lock(home, "registry", timeout=0):
                 pass
+
+
+def test_a_waiter_on_a_removed_lock_file_locks_the_new_one(tmp_path):
+    home = Home(tmp_path)
+    acquired, release = threading.Event(), threading.Event()
+
+    def waiter():
+        with file_lock(home, "stage-y", remove=True):
+            acquired.set()
+            release.wait(10)
+
+    with file_lock(home, "stage-y", remove=True) as path:
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.2)  # the waiter has opened the file about to be removed, and waits on it
+        assert not acquired.is_set()
+    assert acquired.wait(10) and path.exists()  # it locked a new file at the path...
+    with pytest.raises(LockTimeoutError):  # ...which excludes everyone else
+        with file_lock(home, "stage-y", timeout=0.1):
+            pass
+    release.set()
+    thread.join(10)
+    assert not path.exists()
 
 
 def test_lock_of_killed_holder_is_released(tmp_path):

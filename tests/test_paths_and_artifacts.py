@@ -166,11 +166,15 @@ def test_an_unknown_option_of_a_registry_action_points_to_that_actions_help(tmp_
     assert capsys.readouterr().err == "ccd registry list: error: unrecognized arguments: --bogus (see ccd registry list --help)\n"
 
 
-def test_an_unknown_option_before_the_command_is_blamed_on_ccd_itself(capsys):
+@pytest.mark.parametrize("argv, blamed", [
+    (["--bogus", "stages"], "ccd"),
+    (["registry", "--bogus", "list"], "ccd registry"),
+])
+def test_an_unknown_option_before_a_subcommand_is_blamed_on_the_command_it_follows(capsys, argv, blamed):
     with pytest.raises(SystemExit) as exit_:
-        main(["--bogus", "stages"])
+        main(argv)
     assert exit_.value.code == 2
-    assert capsys.readouterr().err == "ccd: error: unrecognized arguments: --bogus (see ccd --help)\n"
+    assert capsys.readouterr().err == f"{blamed}: error: unrecognized arguments: --bogus (see {blamed} --help)\n"
 
 
 def test_a_plotting_command_writes_nothing_outside_the_home(tmp_path):

@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from ccd import registry
+from ccd import atomic, registry
+from ccd.registry import store
 from ccd.config import GateConfig, RunConfig
 from ccd.errors import BadInputError
 from ccd.home import Home
@@ -82,6 +83,41 @@ def test_a_version_keeps_its_bytes_when_its_models_folder_is_written_again(home)
     second = registry.register(home, "student", path, 3, "ccd", {METRIC: 0.3}, 10)
     assert second.version == 2 and (second.path(home) / "model.safetensors").read_bytes() == b"second training"
     assert not list(first.path(home).parent.glob(".tmp-*"))  # no staging folder left behind
+
+
+def test_a_damaged_kept_copy_is_replaced_and_a_file_artifact_keeps_its_suffix(home):
+    path = artifact(home, "m", b"bytes")
+    first = registry.register(home, "student", path, 0, "ccd", {METRIC: 0.3}, 10)
+    (first.path(home) / "model.safetensors").write_bytes(b"damaged")
+    again = registry.register(home, "student", path, 1, "ccd", {METRIC: 0.3}, 10)  # same bytes, another block
+    assert again.path(home) == first.path(home)
+    registry.verify_artifact(home, first)  # repaired for both versions
+    file = home.root / "models" / "topk.parquet"
+    file.write_bytes(b"PAR1 not really")
+    version = registry.register(home, "lists", file, 0, "ccd", {METRIC: 0.3}, 10)
+    assert version.artifact == f"registry/lists/{version.sha256}.parquet" and version.path(home).read_bytes() == b"PAR1 not really"
+
+
+def test_an_artifact_that_changes_while_it_is_copied_is_refused(home, monkeypatch):
+    path = artifact(home, "m", b"bytes")
+
+    def copy_then_change(source, target):
+        atomic.copy_whole(source, target)
+        (target / "model.safetensors").write_bytes(b"written meanwhile")
+
+    monkeypatch.setattr(store, "copy_whole", copy_then_change)
+    with pytest.raises(ArtifactIntegrityError, match="changed while it was registered"):
+        registry.register(home, "student", path, 0, "ccd", {METRIC: 0.3}, 10)
+    assert registry.list_versions(home) == [] and not list((home.root / "registry" / "student").iterdir())
+
+
+def test_a_version_registered_before_the_kept_copies_gets_one_when_registered_again(home):
+    path = artifact(home, "m", b"bytes")
+    version = registry.register(home, "student", path, 0, "ccd", {METRIC: 0.3}, 10)
+    with store.connect(home, write=True) as con:  # as versions were recorded before
+        con.execute("UPDATE versions SET artifact = ? WHERE version = ?", [home.relative(path), version.version])
+    again = registry.register(home, "student", path, 0, "ccd", {METRIC: 0.3}, 10)
+    assert again.version == version.version and again.artifact == f"registry/student/{version.sha256}"
 
 
 def test_folder_checksum_covers_file_names(home):

@@ -48,12 +48,15 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     argv = sys.argv[1:] if argv is None else list(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        if unknown[0] in argv and argv.index(unknown[0]) < argv.index(args.command):  # `ccd --bogus stages`: ccd's own option
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        command = _choices(parser)[args.command]
-        if getattr(args, "action", None) in _choices(command):  # `ccd registry <action>`
-            command = _choices(command)[args.action]
-        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+        # The innermost (sub)command named before the first unknown option refuses it:
+        # `ccd --bogus stages` is ccd's, `ccd registry --bogus list` is `ccd registry`'s.
+        where = argv.index(unknown[0]) if unknown[0] in argv else len(argv)
+        refusing, words = parser, [args.command, getattr(args, "action", None)]
+        for word in words:
+            if word not in _choices(refusing) or argv.index(word) > where:
+                break
+            refusing = _choices(refusing)[word]
+        refusing.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
 
 

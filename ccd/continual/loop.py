@@ -77,8 +77,9 @@ def block_seed(seed: int, block: int) -> int:
 
 
 def seeded_for_block(config: RunConfig, block: int) -> RunConfig:
-    """`config` with stage 4's seed at `block` (`continual.kd_seed_per_block`)."""
-    if not config.continual.kd_seed_per_block:
+    """`config` with stage 4's seed at `block` (`continual.kd_seed_per_block`). Block 0's
+    student, shared by every run key of a home, keeps `distill.seed`."""
+    if block == 0 or not config.continual.kd_seed_per_block:
         return config
     return config.replace(distill=dataclasses.replace(config.distill, seed=block_seed(config.distill.seed, block)))
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import duckdb
 
-from ccd.atomic import copy_once, sha256_file
+from ccd.atomic import copy_whole, remove_staging, sha256_file
 from ccd.config import RunConfig
 from ccd.errors import BadInputError, CcdError
 from ccd.home import Home, safe_name
@@ -239,14 +239,17 @@ def register(
     clean_metrics = _check_metrics(metrics)
     config_dict = config.to_dict() if isinstance(config, RunConfig) else dict(config or {})
     lineage_json, config_json = _to_json(lineage or {}, "lineage"), _to_json(config_dict, "config")
-    sha = sha256_artifact(home.root / _inside_home(home, Path(artifact_path)))
-    kept = _keep(home, Path(artifact_path), name, sha)
-    with connect(home, write=True) as con:
+    source = home.root / _inside_home(home, Path(artifact_path))
+    sha = sha256_artifact(source)
+    with connect(home, write=True) as con:  # the lock also makes this the only writer of the copies
+        kept = _keep(home, source, name, sha)
         row = con.execute(
-            "SELECT version FROM versions WHERE name = ? AND block = ? AND method = ? AND sha256 = ?",
+            "SELECT version, artifact FROM versions WHERE name = ? AND block = ? AND method = ? AND sha256 = ?",
             [name, int(block), method, sha],
         ).fetchone()
         if row is not None:
+            if row[1] != kept:  # registered before the registry kept copies: point it at one now
+                con.execute("UPDATE versions SET artifact = ? WHERE name = ? AND version = ?", [kept, name, row[0]])
             return fetch(con, name, row[0])
         version = con.execute("SELECT coalesce(max(version), 0) + 1 FROM versions WHERE name = ?", [name]).fetchone()[0]
         con.execute(
@@ -257,19 +260,23 @@ def register(
         return fetch(con, name, version)
 
 
-def _keep(home: Home, artifact_path: Path, name: str, sha: str) -> str:
+def _keep(home: Home, source: Path, name: str, sha: str) -> str:
     """The registry's own copy of an artifact, named by its checksum (relative to the home).
 
     A version must keep pointing at the bytes it was registered with, while the folder a model
     was trained into is written again when its block is re-run (a replaced block, a forced
-    stage): serving and rollback load the copy, which nothing overwrites.
+    stage): serving and rollback load the copy, which nothing overwrites. A damaged copy (no
+    version could load it) is replaced. Called under the registry's write lock.
     """
-    kept = f"{ARTIFACTS}/{name}/{sha}"
-    source = artifact_path if artifact_path.is_absolute() else home.root / artifact_path
-    copy_once(source, home.root / kept)
-    if sha256_artifact(home.root / kept) != sha:  # the source changed while it was copied
-        shutil.rmtree(home.root / kept, ignore_errors=True)
-        raise ArtifactIntegrityError(f"artifact {artifact_path} changed while it was registered; register it again")
+    kept = f"{ARTIFACTS}/{name}/{sha}{source.suffix if source.is_file() else ''}"
+    target = home.root / kept
+    remove_staging(target.parent)
+    if target.exists() and sha256_artifact(target) == sha:
+        return kept
+    copy_whole(source, target)
+    if sha256_artifact(target) != sha:
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        raise ArtifactIntegrityError(f"artifact {source} changed while it was registered; register it again")
     return kept
 
 
