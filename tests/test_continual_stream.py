@@ -5,6 +5,7 @@ one block under a new run key that leaves earlier results alone."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import shutil
@@ -314,6 +315,8 @@ def test_stage_4_never_draws_the_teachers_or_ccds_sources_top_items_as_negatives
     loop.distilled_stage(legacy, legacy.layout, 2)
     assert seen["exclude_negatives"] is None
     assert run.kd_negatives(2, settings=legacy.config.continual) is None  # a benchmark's --set overrides the pin
+    fewer = run.kd_negatives(2, settings=dataclasses.replace(run.config.continual, exclude_top=1))
+    assert 0 < len(fewer) < len(negatives)  # ...exclude_top included
 
 
 def test_stage_4_draws_with_a_seed_of_its_block_unless_pinned_before(ccd_home, tmp_path, monkeypatch):
