@@ -121,7 +121,10 @@ def _fsync_tree(path: Path) -> None:
         _fsync_file(path)
         return
     for item in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        _fsync_file(item) if item.is_file() else _fsync_dir(item)
+        if item.is_file():
+            _fsync_file(item)
+        else:
+            _fsync_dir(item)
     _fsync_dir(path)
 
 

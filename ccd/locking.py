@@ -117,13 +117,10 @@ def _open_locked(path: Path, name: str, timeout: float | None, shared: bool) -> 
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             _acquire(fd, path, name, timeout, deadline, shared)
-        except OSError as exc:
+        except BaseException as exc:
             os.close(fd)
-            if exc.errno == errno.ESTALE:  # NFS: the file was removed by its holder; lock the new one
+            if isinstance(exc, OSError) and exc.errno == errno.ESTALE:  # NFS: its holder removed it
                 continue
-            raise
-        except BaseException:
-            os.close(fd)
             raise
         if _still_at(fd, path):
             return fd
