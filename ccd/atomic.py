@@ -136,11 +136,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def remove_temp_files(folder: Path) -> int:
-    """Delete leftovers of killed writers under `folder`; return how many were removed."""
+def remove_temp_files(folder: Path, recursive: bool = True) -> int:
+    """Delete leftovers of killed writers in `folder` (and its subfolders unless `recursive` is
+    False, for a folder that holds other writers' folders); return how many were removed."""
+    folder = Path(folder)
     if not folder.exists():
         return 0
-    leftovers = [p for p in folder.rglob(f"{TMP_PREFIX}*") if p.is_file()]
+    found = folder.rglob(f"{TMP_PREFIX}*") if recursive else folder.glob(f"{TMP_PREFIX}*")
+    leftovers = [p for p in found if p.is_file()]
     for path in leftovers:
         path.unlink(missing_ok=True)
     return len(leftovers)

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from ccd.atomic import write_with
+from ccd.atomic import remove_temp_files, write_with
 from ccd.evaluate import ScoreFn, UserItemCSR
 
 USER_TOPK = "user_topk.parquet"
@@ -175,7 +175,9 @@ def write_topk(
         (user, item) pairs left out of both lists; pass an empty (0, 2) array to keep all.
     out_dir : Path
         Receives `user_topk.parquet` (user, rank, item, score) and `item_topk.parquet`
-        (item, rank, user, score); rank is 0-based, rows sorted by entity then rank.
+        (item, rank, user, score); rank is 0-based, rows sorted by entity then rank. One
+        writer at a time (its stage's or folder's lock): a killed earlier write's temporary
+        files there are removed first (not in subfolders: other run keys' lists live there).
 
     Returns
     -------
@@ -212,6 +214,7 @@ def write_topk(
     item_ids = torch.arange(n_items)[:, None].expand(-1, k_item)
     item_table = _long_table(item_ids, best_users, best_scores, ("item", "user"))
     out = {}
+    remove_temp_files(out_dir, recursive=False)
     for entity, table, name, n, k in (
         ("user", user_table, USER_TOPK, n_users, k_user),
         ("item", item_table, ITEM_TOPK, n_items, k_item),

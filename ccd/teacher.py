@@ -14,6 +14,8 @@ Block 0's folders are also the stream's shared block-0 teacher (`ccd.continual.l
 finished stage has recorded a folder as its output, later stages and reports read it, so a
 member there is never retrained (`--retrain`, or other settings) and the lists are never
 rewritten from other settings: that is refused, and another home holds another teacher.
+These folders are one per home, not per run key, so each is written under its own lock: two
+runs training the same member take turns, and the second finds the first's model and reuses it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ from ccd.errors import BadInputError
 from ccd.evaluate import rank_metrics
 from ccd.home import Home
 from ccd.lake.store import load_block_data
+from ccd.locking import file_lock
 from ccd.models import Recommender, build_model, io, kind_of, parse_members
 from ccd.train import pick_device, train, validate
 
@@ -92,15 +96,17 @@ def train_teacher(
     ensemble = Ensemble(models, config.teacher.rank_exponent)
     evaluate = lambda truth: rank_metrics(ensemble.score, truth, data.seen_train, data.n_items, ks=(20,), batch_users=config.train.eval_batch_users, device=device)
     valid, test = evaluate(data.valid), evaluate(data.test)
-    topk = write_topk(ensemble.score, data.n_users, data.n_items, data.seen_train, out_dir, k, k, config.train.eval_batch_users, device)
     ensemble_row = {
         "member": TEACHER,
         "kind": "ensemble",
         "params": sum(m.parameter_count() for m in models),
         **_metrics(valid, test),
     }
-    report = {"block": block, "members": rows, "ensemble": ensemble_row, "topk": {k: v if isinstance(v, int) else str(v) for k, v in topk.items()}}
-    write_text(out_dir / "teacher.json", json.dumps({**report, **built}, indent=2) + "\n")
+    with _folder_lock(home, out_dir):
+        _check_lists_unchanged(home, block, out_dir, built)  # again: another run may have written them meanwhile
+        topk = write_topk(ensemble.score, data.n_users, data.n_items, data.seen_train, out_dir, k, k, config.train.eval_batch_users, device)
+        report = {"block": block, "members": rows, "ensemble": ensemble_row, "topk": {k: v if isinstance(v, int) else str(v) for k, v in topk.items()}}
+        write_text(out_dir / "teacher.json", json.dumps({**report, **built}, indent=2) + "\n")
     return report
 
 
@@ -133,21 +139,28 @@ def _fit_or_load(
     """The member saved for the same data and configs, else a freshly trained and saved one."""
     folder = home.model_dir(block, member_dir_name(name))
     fingerprint = _fingerprint(data, config)
-    saved = _matching(folder, model_config, fingerprint, data, config) if not retrain else None
-    if saved is not None:
-        model, row = io.load(folder, device), {**saved["metadata"]["report"], "status": "reused"}
-    else:
-        users = recorded_by(home, block, folder) if (folder / io.META).exists() else []
-        if users:
-            why = "--retrain" if retrain else "other settings than it was trained with"
-            raise BadInputError(
-                f"teacher member {name} of block {block} is recorded by the stream's run key(s) {', '.join(users)}; "
-                f"retraining it ({why}) would change their results: use another --home for another teacher"
-            )
-        model, row = _train_member(name, model_config, data, config, progress)
-        io.save(model, folder, {"block": block, "fingerprint": fingerprint, "report": row, "run_config": config.to_dict()})
+    with _folder_lock(home, folder):  # another run may be training the same member into it
+        saved = _matching(folder, model_config, fingerprint, data, config) if not retrain else None
+        if saved is not None:
+            model, row = io.load(folder, device), {**saved["metadata"]["report"], "status": "reused"}
+        else:
+            users = recorded_by(home, block, folder) if (folder / io.META).exists() else []
+            if users:
+                why = "--retrain" if retrain else "other settings than it was trained with"
+                raise BadInputError(
+                    f"teacher member {name} of block {block} is recorded by the stream's run key(s) {', '.join(users)}; "
+                    f"retraining it ({why}) would change their results: use another --home for another teacher"
+                )
+            model, row = _train_member(name, model_config, data, config, progress)
+            io.save(model, folder, {"block": block, "fingerprint": fingerprint, "report": row, "run_config": config.to_dict()})
     log.info("teacher member %s: %s", name, row)
     return model, row
+
+
+def _folder_lock(home: Home, folder: Path) -> AbstractContextManager[Path]:
+    """The lock of one teacher folder of `home` (a member's, or the lists'), whichever run key writes it."""
+    name = hashlib.sha256(home.relative(folder).encode()).hexdigest()[:20]
+    return file_lock(home, f"teacher-{name}", timeout=None, remove=True)
 
 
 def recorded_by(home: Home, block: int, folder: Path) -> list[str]:

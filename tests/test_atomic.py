@@ -57,3 +57,11 @@ def test_remove_temp_files(tmp_path):
     assert atomic.remove_temp_files(tmp_path) == 1
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["keep.parquet"]
     assert atomic.sha256_file(tmp_path / "d" / "keep.parquet") == __import__("hashlib").sha256(b"ok").hexdigest()
+
+
+def test_remove_temp_files_of_one_folder_only(tmp_path):
+    for folder in (tmp_path, tmp_path / "sub"):
+        folder.mkdir(exist_ok=True)
+        (folder / f"{atomic.TMP_PREFIX}x").write_bytes(b"partial")
+    assert atomic.remove_temp_files(tmp_path, recursive=False) == 1
+    assert (tmp_path / "sub" / f"{atomic.TMP_PREFIX}x").exists()

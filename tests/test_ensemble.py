@@ -120,6 +120,19 @@ def test_write_topk_layout_and_no_exclusion(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_write_topk_clears_a_killed_writes_leftovers_but_not_other_runs(tmp_path):
+    """A killed write leaves `.tmp-*` files beside the lists; the stage's re-run removes them.
+    Another run key's lists live in a subfolder (`run=<key>`) and may be mid-write: untouched."""
+    leftover, other_run = tmp_path / ".tmp-killed.parquet", tmp_path / "run=other" / ".tmp-writing.parquet"
+    other_run.parent.mkdir()
+    for path in (leftover, other_run):
+        path.write_bytes(b"partial")
+    dense = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 4.0]])
+    write_topk(TableModel(dense).score, 2, 3, np.zeros((0, 2)), tmp_path, k_user=2, k_item=2, batch_users=1024)
+    assert not leftover.exists()
+    assert other_run.read_bytes() == b"partial"
+
+
 def test_ensemble_feeds_write_topk(tmp_path):
     rng = np.random.default_rng(1)
     members = [TableModel(torch.as_tensor(rng.standard_normal((8, 12)), dtype=torch.float32)) for _ in range(3)]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from ccd.config import LakeConfig, RunConfig
 from ccd.errors import BadInputError
+from ccd import teacher
 from ccd.lake.ingest import ingest_block
 from ccd.lake.store import load_block_data
 from ccd.models import io
@@ -87,3 +90,35 @@ def test_members_trained_when_decay_on_all_meant_mean_losses_are_not_reused(home
     for fingerprint in (_digest(data, saved_train), _digest(data, without_device)):  # earlier, then 2026-11-24 morning
         io.save(model, folder, {**meta["metadata"], "fingerprint": fingerprint})
         assert train_member(home, 0, "bpr-0", today, progress=False)["status"] == "trained"
+
+
+def test_two_runs_training_one_member_take_turns_and_the_second_reuses(home, tmp_path, monkeypatch):
+    """Block 0's member folders are one per home, shared by every run key: a second run that
+    reaches a member while the first is still training it waits for the first's model instead
+    of training its own into the same folder (interleaved saves would mix two models' files)."""
+    path = tmp_path / "block_0.csv"
+    make_block().to_csv(path, index=False)
+    ingest_block(home, path, 0, LakeConfig())
+    first_training, release = threading.Event(), threading.Event()
+    real_train = teacher._train_member
+
+    def held_first_time(*args, **kwargs):
+        if not first_training.is_set():
+            first_training.set()
+            assert release.wait(30)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(teacher, "_train_member", held_first_time)
+    rows = {}
+    runs = {key: threading.Thread(target=lambda key=key: rows.setdefault(key, train_member(home, 0, "bpr-0", CONFIG, progress=False)))
+            for key in ("first", "second")}
+    runs["first"].start()
+    assert first_training.wait(30)
+    runs["second"].start()
+    runs["second"].join(0.5)  # without the folder's lock it would train its own member meanwhile
+    assert runs["second"].is_alive()
+    release.set()
+    for run in runs.values():
+        run.join(60)
+    assert (rows["first"]["status"], rows["second"]["status"]) == ("trained", "reused")
+    assert not list(home.locks.glob("teacher-*"))  # one-off lock files are removed
