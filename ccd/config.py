@@ -360,7 +360,7 @@ class ContinualConfig:
 # it started. Any other key missing counts at its default (added with the old behaviour).
 BEFORE_ADDED: dict[tuple[str, str], Any] = {
     ("continual", "select_on"): "block", ("train", "graph"): "block", ("continual", "kd_exclude_top"): False,
-    ("continual", "kd_seed_per_block"): False,
+    ("continual", "kd_seed_per_block"): False, ("continual", "lwckd_moves"): "all",
 }
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ccd import atomic
-from ccd.config import RunConfig
+from ccd.config import BEFORE_ADDED, RunConfig
 from ccd.continual.loop import Run
 from ccd.continual.pinned_config import pin_path, run_settings
 from ccd.errors import BadInputError
@@ -60,13 +60,12 @@ def test_a_setting_added_after_the_pin_counts_at_its_default(tmp_path):
         Run(home, "ccd", RunConfig.load(None, ["continual.teacher_replay_form=bpr"]), progress=False)
 
 
-@pytest.mark.parametrize("section, key, before, default", [("continual", "select_on", "block", "stream"),
-                                                        ("train", "graph", "block", "seen"),
-                                                        ("continual", "kd_exclude_top", False, True)])
-def test_a_run_pinned_before_a_setting_was_added_resumes_as_it_ran(tmp_path, section, key, before, default):
-    """`select_on`, `graph` and `kd_exclude_top` came with new defaults; a run pinned before them
-    resumes as it ran."""
-    assert getattr(getattr(RunConfig(), section), key) == default
+@pytest.mark.parametrize("section, key, before", [(section, key, before) for (section, key), before in BEFORE_ADDED.items()])
+def test_a_run_pinned_before_a_setting_was_added_resumes_as_it_ran(tmp_path, section, key, before):
+    """Every setting of `BEFORE_ADDED` came with a default other than what the code did before
+    it; a run pinned before it resumes as it ran."""
+    default = getattr(getattr(RunConfig(), section), key)
+    assert default != before
     home = Home.resolve(tmp_path)
     as_set = lambda value: f"{section}.{key}={json.dumps(value) if isinstance(value, bool) else value}"
     Run(home, "ccd", RunConfig.load(None, [as_set(before)]), progress=False)
