@@ -24,6 +24,7 @@ from ccd.errors import BadInputError
 class LakeConfig:
     """Ingest and validation policy."""
 
+    # Seed of the per-user random train/valid/test split.
     split_seed: int = 0
     # CCD protocol: per user 10% test and 10% valid (at least one each), the rest train.
     test_fraction: float = 0.1
@@ -47,8 +48,11 @@ class SampleConfig:
     about half: small enough for the whole pipeline on 2 CPU cores, shaped like Gowalla.
     """
 
+    # Seed of every draw of the generator: the same seed gives the same files.
     seed: int = 0
+    # Block 0 plus the blocks that arrive after it.
     n_blocks: int = 6
+    # Users and items over the whole stream.
     n_users: int = 2000
     n_items: int = 3000
     # Shares of users / items that exist in block 0; the rest arrive evenly in later blocks.
@@ -234,6 +238,7 @@ class ServingConfig:
     refresh_seconds: float = 2.0
     # Loopback: the API has no authentication, so exposing it must be an explicit choice.
     host: str = "127.0.0.1"
+    # TCP port of the API.
     port: int = 8000
     # "auto": CUDA when available, else CPU; or an explicit torch device such as "cpu".
     device: str = "auto"
@@ -320,13 +325,15 @@ class ContinualConfig:
     # exp(-shift / T), shift = 1 - cosine in [0, 2], so at T = 0.5 they span a factor e^4.
     piw: bool = True
     piw_temperature: float = 0.5
-    # Stage 4 KD (spec 2.2): a fresh student on block k, batches of 1024 as the spec's: a block is
-    # small, and at train.batch_size (8192) a fresh student gets a handful of steps per epoch
+    # Stage 4 KD (spec 2.2): batches of 1024 as the spec's: a block is small, and at
+    # train.batch_size (8192) a student distilled on it gets a handful of steps per epoch
     # (sample block 1: Recall@20 0.03 at 8192 vs 0.18 at 1024). RRD and IR-RRD weights relative
     # to a summed BPR loss: the spec's 0.01 goes with 30,000 uninteresting items per user, whose
     # denominators rank against almost the whole catalogue; with distill.n_uninteresting (40)
     # 0.1 does better (sample block 1, Recall@20 old/new block: 0.18/0.18 at 0.01, 0.20/0.20).
     kd_batch_size: int = 1024
+    kd_lambda_rrd: float = 0.1
+    kd_lambda_ir: float = 0.1
     # Stage 4's BPR never draws as a negative an old user's top `exclude_top` items in the
     # block's teacher lists (which RRD pulls up) nor, for CCD, under S_{k-1}, P_{k-1} and CL_k
     # (spec 2.2's exclusion lists). Runs pinned before this setting keep uniform negatives.
@@ -335,8 +342,6 @@ class ContinualConfig:
     # (`loop.block_seed`), as every other training of the loop, so no two blocks' distillations
     # repeat one draw sequence. Runs pinned before this setting keep `distill.seed` at every block.
     kd_seed_per_block: bool = True
-    kd_lambda_rrd: float = 0.1
-    kd_lambda_ir: float = 0.1
     # Where the student distilled at block k >= 1 starts. "updated": CCD's D_k starts from its
     # updated student CL_k (stage 1's model, already on block k's ids), so what the student
     # update learned reaches the served student directly; methods without a CL_k (KD) start from

@@ -15,10 +15,10 @@ from typing import NoReturn
 
 import duckdb
 
-from ccd.cli import distill, lake, models, sample, registry, report, serve, stages, stream
+from ccd.cli import distill, lake, models, sample, registry, report, serve, settings, stages, stream
 from ccd.errors import CcdError
 
-COMMAND_MODULES = [lake, sample, registry, models, distill, stages, serve, report, stream]
+COMMAND_MODULES = [lake, sample, registry, models, distill, stages, serve, report, stream, settings]
 # What a missing, unreadable or corrupt file under the home raises; other errors are bugs and
 # keep their traceback.
 HOME_FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError,

@@ -1,0 +1,68 @@
+"""`ccd settings`: every setting with its value, default, allowed values and note."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from ccd.cli import main
+from ccd.config import RunConfig
+from ccd.continual.pinned_config import pin_config
+
+
+def _json(capsys, *argv: str) -> dict:
+    assert main(["settings", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_every_setting_is_listed_with_its_default_and_a_note(capsys):
+    rows = _json(capsys)["settings"]
+    defaults = RunConfig()
+    names = [f"{section.name}.{f.name}" for section in dataclasses.fields(RunConfig)
+             for f in dataclasses.fields(getattr(defaults, section.name))]
+    assert [row["setting"] for row in rows] == names
+    assert all(row["value"] == row["default"] and row["note"] for row in rows)
+    by_name = {row["setting"]: row for row in rows}
+    assert by_name["continual.kd_init"]["allowed"] == "previous | fresh | updated"
+    assert by_name["teacher.members"]["default"] == ["lightgcn:64x3", "bpr:64x2", "vae:64x1"]
+    # A field under another field's comment shares it (the comment describes the group).
+    assert by_name["continual.update_lr"]["note"] == by_name["continual.update_epochs"]["note"]
+    assert "Adam lr 1e-3" in by_name["continual.update_lr"]["note"]
+
+
+def test_changes_and_a_section_filter(capsys, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("[train]\nlr = 0.01\n")
+    rows = _json(capsys, "--config", str(config), "--set", "continual.kd_init=fresh", "--changed")["settings"]
+    assert [(r["setting"], r["value"]) for r in rows] == [("train.lr", 0.01), ("continual.kd_init", "fresh")]
+    section = _json(capsys, "serving")["settings"]
+    assert {r["setting"] for r in section} == {f"serving.{f.name}" for f in dataclasses.fields(RunConfig().serving)}
+
+
+def test_one_setting_prints_its_note_in_full(capsys):
+    assert main(["settings", "continual.kd_init"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[:4] == ["setting: continual.kd_init", "value: updated", "default: updated",
+                                   "allowed: previous | fresh | updated"]
+    assert out.splitlines()[4].startswith("note: Where the student distilled at block k >= 1 starts.")
+
+
+def test_a_run_keys_settings_are_its_pin_with_the_changes_on_top(capsys, home):
+    pin_config(home, "retrain-a", RunConfig.load(None, ["continual.update_epochs=10", "distill.student_dim=8"]))
+    got = _json(capsys, "--home", str(home.root), "--run-key", "retrain-a", "--set", "train.lr=0.01", "--changed")
+    assert [(r["setting"], r["value"]) for r in got["settings"]] == [
+        ("train.lr", 0.01), ("distill.student_dim", 8), ("continual.update_epochs", 10)]
+    assert got["pinned"] is True and got["run_key"] == "retrain-a"
+    # A new key starts from the default run's settings; with no default run, the defaults.
+    assert _json(capsys, "--home", str(home.root), "--run-key", "new", "--changed") == {
+        "settings": [], "run_key": "new", "pinned": False}
+
+
+def test_unknown_names_are_one_line_errors(capsys):
+    assert main(["settings", "continual.nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no setting or section 'continual.nope'" in err
+    assert main(["settings", "--set", "continual.nope=1"]) == 2
+    assert "unknown config key(s) continual.nope" in capsys.readouterr().err
+    assert main(["settings", "--home", "somewhere"]) == 2  # it would be ignored: refused
+    assert "--home is read only with --run-key" in capsys.readouterr().err
