@@ -15,7 +15,10 @@ A block goes through stages (ingest, teacher members, student, distill, evaluate
   re-runs stages under a new key and leaves the earlier records (and outputs) alone.
 
 Two processes running the same (block, stage, run_key) at once serialize on a file lock: the
-second waits, then finds the stage done and skips it. The ledger is plain `ccd` (no Prefect): the
+second waits, then finds the stage done and skips it. Replacing a block's data
+(`ccd ingest --replace`) forgets its records under `idle_block`, which is refused while one of
+its stages runs; a stage whose record was forgotten while it ran (it started in between) is not
+marked done (`StageForgottenError`), so it runs again on the new data. The ledger is plain `ccd` (no Prefect): the
 flows call `run_stage` inside their tasks, and `ccd stages` lists it.
 """
 
@@ -25,16 +28,17 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 import duckdb
 
+from ccd.errors import CcdError
 from ccd.home import Home, safe_name
 from ccd.lake import catalog
-from ccd.locking import file_lock
+from ccd.locking import LockTimeoutError, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +185,35 @@ def list_stages(home: Home, block: int | None = None, run_key: str | None = None
     return _select(home, where, params)
 
 
+class StageBusyError(CcdError):
+    """A stage of the block is running now, so its data cannot be replaced under it."""
+
+
+class StageForgottenError(CcdError):
+    """A stage's record was forgotten while it ran (its block was replaced): its result is void."""
+
+
+@contextmanager
+def idle_block(home: Home, block: int) -> Iterator[None]:
+    """Hold the lock of every recorded stage of `block` (its ingest aside) for the `with` body.
+
+    Refused at once (`StageBusyError`) when one is held: that stage is running, and would
+    finish on the data the body replaces. A stage that starts meanwhile waits for the body.
+    """
+    with ExitStack() as held:
+        for record in list_stages(home, block):
+            if record.stage == "ingest":
+                continue
+            try:
+                held.enter_context(file_lock(home, _lock_name(block, record.stage, record.run_key), timeout=0, remove=True))
+            except LockTimeoutError:
+                raise StageBusyError(
+                    f"block {block} is being trained now (stage {record.stage}, run key {record.run_key}): "
+                    f"replace it once that run has stopped"
+                ) from None
+        yield
+
+
 def forget_block(con: duckdb.DuckDBPyConnection, block: int) -> int:
     """Delete every record of `block` but its ingest, under every run key, inside the caller's
     catalog transaction: its data was replaced, so what was trained on it must run again.
@@ -226,9 +259,14 @@ def _start(home: Home, block: int, stage: str, run_key: str) -> None:
 
 def _finish(home: Home, block: int, stage: str, run_key: str, outputs: dict[str, Any]) -> None:
     with _connect(home) as con:
-        con.execute(
+        (updated,) = con.execute(
             "UPDATE stages SET status = 'done', finished_at = ?, outputs = ? WHERE block = ? AND stage = ? AND run_key = ?",
             [catalog.utc_now(), json.dumps(outputs), block, stage, run_key],
+        ).fetchone()
+    if not updated:
+        raise StageForgottenError(
+            f"block {block} was replaced while stage {stage} (run key {run_key}) ran: its result is discarded; "
+            f"run it again to train on the new data"
         )
     log.info("block %d stage %s (%s): done", block, stage, run_key)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,50 @@ def test_only_the_last_block_can_be_replaced_and_its_stages_then_run_again(home,
     assert ingest_block(home, write(make_block(seed=8, block=1), tmp_path / "b1b.csv"), 1, CONFIG, replace=True).status == "replaced"
     assert {(r.block, r.stage, r.run_key) for r in stages.list_stages(home)} == {
         (0, "ccd-distill", "default"), (0, "ccd-distill", "r1"), (1, "ingest", "default")}
+
+
+def test_a_block_is_not_replaced_under_a_running_stage(home, tmp_path):
+    """A stage of the last block running now would finish on the data a replace swaps out (and
+    its record, forgotten meanwhile, would vanish): the replace is refused, nothing changes."""
+    for k in range(2):
+        ingest_block(home, write(make_block(seed=k, block=k), tmp_path / f"b{k}.csv"), k, CONFIG)
+    running, release = threading.Event(), threading.Event()
+
+    def training():
+        running.set()
+        assert release.wait(30)
+        return {"path": "x"}
+
+    stage = threading.Thread(target=lambda: stages.run_stage(home, 1, "ccd-distill", training, "r1"))
+    stage.start()
+    assert running.wait(30)
+    before = lake_state(home)
+    try:
+        with pytest.raises(stages.StageBusyError, match=r"block 1 is being trained now \(stage ccd-distill, run key r1\)"):
+            ingest_block(home, write(make_block(seed=8, block=1), tmp_path / "b1b.csv"), 1, CONFIG, replace=True)
+        assert lake_state(home) == before
+    finally:
+        release.set()
+        stage.join(30)
+    assert stages.get(home, 1, "ccd-distill", "r1").status == "done"
+    assert ingest_block(home, write(make_block(seed=8, block=1), tmp_path / "b1b.csv"), 1, CONFIG, replace=True).status == "replaced"
+    assert stages.get(home, 1, "ccd-distill", "r1") is None
+
+
+def test_a_stage_forgotten_while_it_ran_is_not_marked_done(home, tmp_path):
+    """A stage that started between a replace's check of the running stages and its commit
+    finishes on the old data: its result is refused rather than recorded as done. (Here the
+    replace runs inside the stage, whose own lock does not hold its thread back.)"""
+    for k in range(2):
+        ingest_block(home, write(make_block(seed=k, block=k), tmp_path / f"b{k}.csv"), k, CONFIG)
+
+    def replaced_meanwhile():
+        ingest_block(home, write(make_block(seed=8, block=1), tmp_path / "b1b.csv"), 1, CONFIG, replace=True)
+        return {"path": "x"}
+
+    with pytest.raises(stages.StageForgottenError, match="block 1 was replaced while stage ccd-distill"):
+        stages.run_stage(home, 1, "ccd-distill", replaced_meanwhile)
+    assert stages.get(home, 1, "ccd-distill") is None
 
 
 def test_out_of_order_block_is_refused(home, tmp_path):

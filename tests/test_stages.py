@@ -11,9 +11,10 @@ import pytest
 
 from ccd import stages
 from ccd.cli import main
-from ccd.errors import BadInputError
+from ccd.continual.loop import Run
+from ccd.errors import BadInputError, CcdError
 from ccd.lake.ingest import ingest_block
-from ccd.config import LakeConfig
+from ccd.config import LakeConfig, RunConfig
 from tests.conftest import make_block
 
 
@@ -145,3 +146,23 @@ def test_cli_lists_the_ledger(home, capsys):
     assert main(["stages", "--home", str(home.root), "--block", "1"]) == 0
     text = capsys.readouterr().out
     assert "failed" in text and "RuntimeError: disk full" in text and "done" not in text
+
+
+def test_a_stream_run_stops_when_a_block_it_read_is_replaced(home, tmp_path):
+    """`ccd stream` caches the blocks it has read; a replace of one (between two of its stages)
+    makes that cache and the outputs trained on it stale, so the next stage refuses to run."""
+    paths = [tmp_path / f"block_{k}.csv" for k in range(2)]
+    for k, path in enumerate(paths):
+        make_block(seed=k, block=k).to_csv(path, index=False)
+        ingest_block(home, path, k, LakeConfig())
+    run = Run(home, "ccd", RunConfig.load(None, ["train.device=cpu"]), progress=False)
+    run.data(1)
+    assert run.stage(run.layout, 1, "first", lambda: {"ok": 1}) == {"ok": 1}
+    make_block(seed=9, block=1).to_csv(paths[1], index=False)
+    ingest_block(home, paths[1], 1, LakeConfig(), replace=True)
+    with pytest.raises(CcdError, match="block 1 was replaced while this run was under way"):
+        run.stage(run.layout, 1, "second", lambda: {"ok": 2})
+    assert stages.get(home, 1, "ccd-second").status == "failed"
+    fresh = Run(home, "ccd", RunConfig.load(None, ["train.device=cpu"]), progress=False)
+    fresh.data(1)
+    assert fresh.stage(fresh.layout, 1, "second", lambda: {"ok": 2}) == {"ok": 2}

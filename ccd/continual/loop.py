@@ -115,14 +115,25 @@ class Run:
         self.members = [name for name, _ in members]
         self.teacher_dim = max(member.dim for _, member in members)
         self._data: dict[int, BlockData] = {}
+        self._read: dict[int, str] = {}  # content hash of each block in `_data`
         self._outputs: dict[tuple[str, int, str], dict[str, Any]] = {}
 
     # --- plumbing: data, models, stages
 
     def data(self, block: int) -> BlockData:
         if block not in self._data:
+            record = catalog.get_block(self.home, block)  # before the read: a replace in between is caught
+            self._read[block] = record.content_hash if record is not None else ""
             self._data[block] = load_block_data(self.home, block)
         return self._data[block]
+
+    def _unchanged(self) -> None:
+        """Stop when a block this run has read was replaced since (`ccd ingest --replace`): its
+        cached data and the outputs trained on it are stale, and the replace forgot its stages."""
+        now = {record.block: record.content_hash for record in catalog.list_blocks(self.home)}
+        for block, content_hash in self._read.items():
+            if now.get(block) != content_hash:
+                raise CcdError(f"block {block} was replaced while this run was under way: run it again to train on its new content")
 
     def load(self, relative: str) -> Recommender:
         return io.load(self.home.root / relative, self.device)
@@ -144,7 +155,12 @@ class Run:
         else:
             self._notify(stage, {**info, "event": "start"})
             start = time.perf_counter()
-            outputs = stages.run_stage(self.home, block, stage, fn, self.run_key)  # re-checks under the stage's lock
+
+            def work() -> dict[str, Any]:
+                self._unchanged()  # under the stage's lock, once its record has started
+                return fn()
+
+            outputs = stages.run_stage(self.home, block, stage, work, self.run_key)  # re-checks under the stage's lock
             self._notify(stage, {**info, "event": "done", "seconds": time.perf_counter() - start, "outputs": outputs})
         self._outputs[(layout.method, block, name)] = outputs
         return outputs

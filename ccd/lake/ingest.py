@@ -19,6 +19,7 @@ The whole ingest holds the `ingest` lock, so two ingests of the same home serial
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -117,7 +118,8 @@ def ingest_block(
                 f"block {block} cannot be replaced: blocks {later[0]}..{later[-1]} came after it and their ids "
                 f"and models build on it; only the last block can be replaced (or ingest the stream into a new home)"
             )
-        record, report_path = _commit(home, path, block, frame, content_hash, report, config, replacing=existing is not None)
+        with stages.idle_block(home, block) if existing is not None else contextlib.nullcontext():
+            record, report_path = _commit(home, path, block, frame, content_hash, report, config, replacing=existing is not None)
         return IngestResult(block, "replaced" if existing else "ingested", record, report, report_path)
 
 
