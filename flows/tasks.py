@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from ccd import registry
+from ccd import registry, stages
 from ccd.config import LakeConfig, RunConfig
 from ccd.continual import loop
 from ccd.continual.loop import Run
@@ -72,8 +71,18 @@ def block_key(kind: str, block: int, method: str = "ccd", run_key: str = DEFAULT
 @task(name="ingest", task_run_name="ingest block {block}", cache_policy=NO_CACHE,
       retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, retry_condition_fn=transient)
 def ingest(home: Home, block_file: Path, block: int, lake: LakeConfig) -> dict[str, Any]:
-    """Validate the block file and add it to the lake as block `block` (`ccd ingest`)."""
-    return run_stage(home, block, "ingest", partial(ingest_block, home, block_file, block, lake))
+    """Validate the block file and add it to the lake as block `block` (`ccd ingest`).
+
+    The lake is asked even when the ledger has the block's ingest done: it compares contents,
+    so the same file again is a no-op and a changed one is refused. Skipped on the ledger's word,
+    a corrected file re-delivered before its block finished would go unnoticed, and the block's
+    remaining stages would train on the old content. A file moved away since its ingest finished
+    leaves nothing to compare: the ledger's record stands.
+    """
+    if not Path(block_file).exists() and stages.is_done(home, block, "ingest"):
+        return run_stage(home, block, "ingest", lambda: None)  # skipped: the recorded outputs
+    result = ingest_block(home, block_file, block, lake)
+    return run_stage(home, block, "ingest", lambda: result)
 
 
 @task(name="publish-validation", task_run_name="publish validation of block {block}", cache_policy=NO_CACHE,

@@ -109,8 +109,8 @@ def ingest_block(
             return IngestResult(block, "unchanged", existing, report, None)
         if existing is not None and not replace:
             raise BlockOrderError(
-                f"block {block} already holds different content (hash {existing.content_hash[:12]}); "
-                f"use --replace to overwrite it"
+                f"block {block} already holds different content than {path} (hash {existing.content_hash[:12]}, "
+                f"from {existing.source}); if this file is a correction, use --replace to overwrite it"
             )
         later = sorted(k for k in blocks if k > block)
         if existing is not None and later:

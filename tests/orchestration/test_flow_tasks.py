@@ -116,9 +116,21 @@ def test_ingest_task_records_the_stage_and_skips_it_when_done(home, tmp_path):
     make_block().to_csv(path, index=False)
     first = ingest.fn(home, path, 0, LakeConfig())
     assert first["status"] == "ingested"
+    assert ingest.fn(home, path, 0, LakeConfig()) == first  # the same file: unchanged, the record stands
     path.unlink()  # a resumed run does not even need the file of a finished stage
     assert ingest.fn(home, path, 0, LakeConfig()) == first
     assert stages.get(home, 0, "ingest").attempts == 1
+
+
+def test_ingest_task_refuses_a_changed_file_even_when_the_stage_is_done(home, tmp_path):
+    """A corrected file re-delivered before its block finished must not be skipped on the
+    ledger's word: the block's remaining stages would train on the old content."""
+    path = tmp_path / "block_0.csv"
+    make_block().to_csv(path, index=False)
+    ingest.fn(home, path, 0, LakeConfig())
+    make_block(seed=5).to_csv(path, index=False)
+    with pytest.raises(BlockOrderError, match=rf"block 0 already holds different content than {path}.*use --replace"):
+        ingest.fn(home, path, 0, LakeConfig())
 
 
 def test_find_new_blocks_skips_blocks_whose_stage_is_done(home, tmp_path):
