@@ -15,7 +15,9 @@ finished stage has recorded a folder as its output, later stages and reports rea
 member there is never retrained (`--retrain`, or other settings) and the lists are never
 rewritten from other settings: that is refused, and another home holds another teacher.
 These folders are one per home, not per run key, so each is written under its own lock: two
-runs training the same member take turns, and the second finds the first's model and reuses it.
+runs training the same member take turns, and the second finds the first's model and reuses it;
+lists a finished stage recorded are returned as they are (with the report saved beside them),
+never written again, since a re-scoring on another device could break ties otherwise.
 """
 
 from __future__ import annotations
@@ -93,17 +95,20 @@ def train_teacher(
         models.append(model)
         rows.append(row)
 
-    ensemble = Ensemble(models, config.teacher.rank_exponent)
-    evaluate = lambda truth: rank_metrics(ensemble.score, truth, data.seen_train, data.n_items, ks=(20,), batch_users=config.train.eval_batch_users, device=device)
-    valid, test = evaluate(data.valid), evaluate(data.test)
-    ensemble_row = {
-        "member": TEACHER,
-        "kind": "ensemble",
-        "params": sum(m.parameter_count() for m in models),
-        **_metrics(valid, test),
-    }
     with _folder_lock(home, out_dir):
         _check_lists_unchanged(home, block, out_dir, built)  # again: another run may have written them meanwhile
+        if recorded_by(home, block, out_dir):  # what a finished stage distilled from stays as it is
+            saved = json.loads((out_dir / "teacher.json").read_text(encoding="utf-8"))
+            return {"block": block, "members": rows, "ensemble": saved["ensemble"], "topk": saved["topk"]}
+        ensemble = Ensemble(models, config.teacher.rank_exponent)
+        evaluate = lambda truth: rank_metrics(ensemble.score, truth, data.seen_train, data.n_items, ks=(20,), batch_users=config.train.eval_batch_users, device=device)
+        valid, test = evaluate(data.valid), evaluate(data.test)
+        ensemble_row = {
+            "member": TEACHER,
+            "kind": "ensemble",
+            "params": sum(m.parameter_count() for m in models),
+            **_metrics(valid, test),
+        }
         topk = write_topk(ensemble.score, data.n_users, data.n_items, data.seen_train, out_dir, k, k, config.train.eval_batch_users, device)
         report = {"block": block, "members": rows, "ensemble": ensemble_row, "topk": {k: v if isinstance(v, int) else str(v) for k, v in topk.items()}}
         write_text(out_dir / "teacher.json", json.dumps({**report, **built}, indent=2) + "\n")

@@ -8,7 +8,7 @@ import pytest
 
 from ccd.config import LakeConfig, RunConfig
 from ccd.errors import BadInputError
-from ccd import teacher
+from ccd import stages, teacher
 from ccd.lake.ingest import ingest_block
 from ccd.lake.store import load_block_data
 from ccd.models import io
@@ -122,3 +122,20 @@ def test_two_runs_training_one_member_take_turns_and_the_second_reuses(home, tmp
         run.join(60)
     assert (rows["first"]["status"], rows["second"]["status"]) == ("trained", "reused")
     assert not list(home.locks.glob("teacher-*"))  # one-off lock files are removed
+
+
+def test_lists_a_finished_stage_recorded_are_not_written_again(home, tmp_path):
+    """Another run key reaching block 0's ensemble gets the recorded lists as they are: a
+    re-scoring (on another device, say) could break ties otherwise, under the runs that
+    distilled from them."""
+    path = tmp_path / "block_0.csv"
+    make_block().to_csv(path, index=False)
+    ingest_block(home, path, 0, LakeConfig())
+    first = train_teacher(home, 0, CONFIG, progress=False)
+    lists = home.model_dir(0, "teacher")
+    stages.run_stage(home, 0, "base-ensemble", lambda: {"topk_dir": home.relative(lists)}, "some-run")
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in lists.iterdir()}
+    again = train_teacher(home, 0, CONFIG, progress=False)
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in lists.iterdir()} == before
+    assert (again["ensemble"], again["topk"]) == (first["ensemble"], first["topk"])
+    assert [row["status"] for row in again["members"]] == ["reused", "reused"]
