@@ -9,6 +9,8 @@ import dataclasses
 import io
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -24,6 +26,7 @@ from ccd.continual.loop import Run, block_seed, run_stream
 from ccd.ensemble import USER_TOPK, read_topk
 from ccd.errors import CcdError
 from ccd.home import Home
+from ccd.locking import file_lock
 from ccd.registry import get, list_decisions, list_versions
 from ccd.stages import list_stages
 
@@ -349,3 +352,20 @@ def test_the_report_lists_the_registered_blocks_only(ccd_home, tmp_path):
         con.execute("DELETE FROM stages WHERE stage = 'ccd-register' AND block = 5")
     result = loop.report(Run(home, "ccd", RunConfig.load(None, TINY), progress=False), 5)
     assert [d["version"] for d in result["registry"]] == [1, 2, 3, 4, 5]
+
+
+def test_reports_of_one_run_key_are_written_one_at_a_time(ccd_home, tmp_path):
+    """Two methods finishing at once would each draw the comparison plots from the other's
+    previous metrics.json: a report waits for the one being written under its key."""
+    home = copy_home(ccd_home, tmp_path)
+    run = Run(home, "ccd", RunConfig.load(None, TINY), progress=False)
+    written = []
+    with file_lock(home, "stream-report-default"):
+        writer = threading.Thread(target=lambda: written.append(loop.write_report(run, 5)))
+        writer.start()
+        writer.join(1.0)
+        assert writer.is_alive() and not written  # waiting for the report under way
+        released = time.time_ns()
+    writer.join(60)
+    assert written and written[0]["blocks"] == [0, 1, 2, 3, 4, 5]
+    assert (home.reports / "stream" / "ccd" / "metrics.json").stat().st_mtime_ns >= released

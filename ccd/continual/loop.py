@@ -57,6 +57,7 @@ from ccd.evaluate import UserItemCSR, first_counted_block
 from ccd.home import Home, keep_matplotlib_cache_in
 from ccd.lake import catalog
 from ccd.lake.store import load_block_data
+from ccd.locking import file_lock
 from ccd.models import Recommender, io, parse_members
 from ccd.registry import propose, register
 from ccd import registry, stages
@@ -589,15 +590,18 @@ def write_report(run: Run, last: int) -> dict[str, Any]:
     folder = run.layout.report_dir
     result["files"] = {"metrics": str(folder / "metrics.json"), "plot": str(folder / "hmean.png")}
     evaluation.plot_hmean(_series(result), folder / "hmean.png", f"{run.method}: H-mean over blocks")
-    reports = _stream_reports(run.home, run.run_key, result)
-    if len(reports) > 1:
-        path = _comparison_dir(run.home, run.run_key) / "hmean_all.png"
-        series = {name: points for r in reports for name, points in _series(r, f"{r['method']} ").items()}
-        evaluation.plot_hmean(series, path, "H-mean over blocks, every method")
-        result["files"]["plot_all"] = str(path)
-        _add_ccd_lead(_comparison_dir(run.home, run.run_key), reports, result)
-    # Last, once the plots are drawn: a report's metrics.json says it is up to date.
-    write_text(folder / "metrics.json", json.dumps(result, indent=2, default=str) + "\n")
+    # One method's report at a time per key: two methods finishing together would each draw the
+    # comparison from the other's previous metrics.json.
+    with file_lock(run.home, f"stream-report-{run.run_key}", timeout=None, remove=True):
+        reports = _stream_reports(run.home, run.run_key, result)
+        if len(reports) > 1:
+            path = _comparison_dir(run.home, run.run_key) / "hmean_all.png"
+            series = {name: points for r in reports for name, points in _series(r, f"{r['method']} ").items()}
+            evaluation.plot_hmean(series, path, "H-mean over blocks, every method")
+            result["files"]["plot_all"] = str(path)
+            _add_ccd_lead(_comparison_dir(run.home, run.run_key), reports, result)
+        # Last, once the plots are drawn: a report's metrics.json says it is up to date.
+        write_text(folder / "metrics.json", json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 
