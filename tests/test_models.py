@@ -253,6 +253,25 @@ def test_load_detects_tampering(tmp_path):
         model_io.load(tmp_path / "missing")
 
 
+def test_an_overwrite_killed_halfway_leaves_no_model_not_a_mismatched_one(tmp_path, monkeypatch):
+    """model.json says a folder is complete; an overwrite killed after the new weights landed
+    must not leave the old one beside them (every later load would fail its checksum, and a
+    caller that trusts model.json would never save again)."""
+    folder = model_io.save(_model(BPRConfig(dim=4)), tmp_path / "m")
+
+    def killed(path):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(model_io, "sha256_file", killed)  # after the weights, before model.json
+    with pytest.raises(KeyboardInterrupt):
+        model_io.save(_model(BPRConfig(dim=8)), folder)
+    with pytest.raises(model_io.ModelFileError, match="no saved model"):
+        model_io.read_metadata(folder)
+    monkeypatch.undo()
+    model_io.save(_model(BPRConfig(dim=8)), folder)  # the re-run's save
+    assert model_io.load(folder).dim == 8
+
+
 def test_saved_weights_are_not_pickle(tmp_path):
     folder = model_io.save(_model(LightGCNConfig(dim=4)), tmp_path / "m")
     head = (folder / model_io.WEIGHTS).read_bytes()[:2]

@@ -6,7 +6,8 @@ A saved model is a folder of three files, each written atomically:
   or Mult-VAE scores with), in the safetensors format, which holds tensors and nothing else;
 - `weights.safetensors.sha256`: its SHA-256 in `sha256sum` format, so `sha256sum -c` works;
 - `model.json`: kind, config, id-space size, the same hash and any caller metadata (training
-  result, run config), written last, so its presence means the folder is complete.
+  result, run config), written last (and removed first when a folder is saved over), so its
+  presence means the folder is complete.
 
 A save killed midway leaves a `.tmp-` file in the folder; the next save into the folder (the
 re-run of the stage) removes it, since the registry checksums a model folder file by file.
@@ -44,6 +45,9 @@ def save(model: Recommender, folder: Path, metadata: dict[str, Any] | None = Non
     """Write `model` (and JSON-ready `metadata`) into `folder`; return the folder."""
     folder = Path(folder)
     remove_temp_files(folder)  # a killed earlier save's leftovers; one writer per folder (its stage's lock)
+    # An overwrite first drops the old model.json, whose presence says the folder is complete:
+    # killed halfway, it leaves no model (saved again by the re-run), never old metadata over new weights.
+    (folder / META).unlink(missing_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     if model.uses_interactions:
         tensors["interactions"] = torch.as_tensor(model.interactions)
