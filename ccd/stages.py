@@ -225,13 +225,13 @@ def forget_block(con: duckdb.DuckDBPyConnection, block: int) -> int:
 
 
 @contextmanager
-def _connect(home: Home, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def _connect(home: Home, read_only: bool = False, timeout: float | None = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
     """A catalog connection whose `stages` table exists (created by the first writer)."""
     if home.catalog_path not in _TABLE_READY:
-        with catalog.connect(home) as con:
+        with catalog.connect(home, timeout=timeout) as con:
             con.execute(SCHEMA)
         _TABLE_READY.add(home.catalog_path)
-    with catalog.connect(home, read_only=read_only) as con:
+    with catalog.connect(home, read_only=read_only, timeout=timeout) as con:
         yield con
 
 
@@ -258,7 +258,9 @@ def _start(home: Home, block: int, stage: str, run_key: str) -> None:
 
 
 def _finish(home: Home, block: int, stage: str, run_key: str, outputs: dict[str, Any]) -> None:
-    with _connect(home) as con:
+    # However long the catalog is busy (a long ingest commit): the stage's work is done, and
+    # giving up would throw it away.
+    with _connect(home, timeout=None) as con:
         (updated,) = con.execute(
             "UPDATE stages SET status = 'done', finished_at = ?, outputs = ? WHERE block = ? AND stage = ? AND run_key = ?",
             [catalog.utc_now(), json.dumps(outputs), block, stage, run_key],

@@ -166,3 +166,19 @@ def test_a_stream_run_stops_when_a_block_it_read_is_replaced(home, tmp_path):
     fresh = Run(home, "ccd", RunConfig.load(None, ["train.device=cpu"]), progress=False)
     fresh.data(1)
     assert fresh.stage(fresh.layout, 1, "second", lambda: {"ok": 2}) == {"ok": 2}
+
+
+def test_a_finished_stage_waits_for_the_catalog_however_long_it_is_busy(home, monkeypatch):
+    """The ledger write that marks a stage done comes after all its work: giving up on a busy
+    catalog (a long ingest commit) would throw that work away, so it waits without a limit."""
+    waits = []
+    real_connect = stages.catalog.connect
+
+    def spied(home, read_only=False, timeout=60.0):
+        waits.append(timeout)
+        return real_connect(home, read_only=read_only, timeout=timeout)
+
+    monkeypatch.setattr(stages.catalog, "connect", spied)
+    stages.run_stage(home, 0, "teacher", lambda: {"ok": True})
+    assert waits[-1] is None  # the last write: done
+    assert stages.get(home, 0, "teacher").status == "done"

@@ -97,16 +97,17 @@ class BlockRecord:
 
 
 @contextmanager
-def connect(home: Home, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(home: Home, read_only: bool = False, timeout: float | None = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the catalog for one short operation, creating its tables on first use.
 
     Readers share the catalog lock and writers take it alone, because DuckDB refuses a second
-    process on a file that is open for writing.
+    process on a file that is open for writing. `timeout`: seconds to wait for the lock (None:
+    as long as it takes).
     """
     missing = not home.catalog_path.exists()
     if read_only and missing:
         read_only = False  # nothing to read yet: create the empty catalog once
-    with file_lock(home, "catalog", shared=read_only):
+    with file_lock(home, "catalog", timeout=timeout, shared=read_only):
         con = duckdb.connect(str(home.catalog_path), read_only=read_only)
         try:
             # A missing file is created empty even if this process once made the tables at this
