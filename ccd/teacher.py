@@ -95,7 +95,7 @@ def train_teacher(
         models.append(model)
         rows.append(row)
 
-    with _folder_lock(home, out_dir):
+    with folder_lock(home, out_dir):
         _check_lists_unchanged(home, block, out_dir, built)  # again: another run may have written them meanwhile
         if recorded_by(home, block, out_dir):  # what a finished stage distilled from stays as it is
             saved = json.loads((out_dir / "teacher.json").read_text(encoding="utf-8"))
@@ -144,7 +144,7 @@ def _fit_or_load(
     """The member saved for the same data and configs, else a freshly trained and saved one."""
     folder = home.model_dir(block, member_dir_name(name))
     fingerprint = _fingerprint(data, config)
-    with _folder_lock(home, folder):  # another run may be training the same member into it
+    with folder_lock(home, folder):  # another run may be training the same member into it
         saved = _matching(folder, model_config, fingerprint, data, config) if not retrain else None
         if saved is not None:
             model, row = io.load(folder, device), {**saved["metadata"]["report"], "status": "reused"}
@@ -162,8 +162,10 @@ def _fit_or_load(
     return model, row
 
 
-def _folder_lock(home: Home, folder: Path) -> AbstractContextManager[Path]:
-    """The lock of one teacher folder of `home` (a member's, or the lists'), whichever run key writes it."""
+def folder_lock(home: Home, folder: Path) -> AbstractContextManager[Path]:
+    """The lock of one teacher folder of `home` (a member's, or the lists'), whichever run key
+    writes it. Re-entrant: the stream holds it around a whole block-0 teacher stage, record
+    included, so a second run key checks its settings against the first's finished record."""
     name = hashlib.sha256(home.relative(folder).encode()).hexdigest()[:20]
     return file_lock(home, f"teacher-{name}", timeout=None, remove=True)
 

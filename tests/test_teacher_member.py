@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from ccd.config import LakeConfig, RunConfig
+from ccd.continual.loop import Run, stage_work
 from ccd.errors import BadInputError
 from ccd import stages, teacher
 from ccd.lake.ingest import ingest_block
@@ -139,3 +140,45 @@ def test_lists_a_finished_stage_recorded_are_not_written_again(home, tmp_path):
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in lists.iterdir()} == before
     assert (again["ensemble"], again["topk"]) == (first["ensemble"], first["topk"])
     assert [row["status"] for row in again["members"]] == ["reused", "reused"]
+
+
+def test_a_second_run_key_with_other_settings_waits_for_the_first_then_is_refused(home, tmp_path, monkeypatch):
+    """Two first runs of a home reaching block 0's same member at once, under other `train`
+    settings: the second waits for the first's stage to be recorded and is then refused (the
+    member is shared), rather than training its own over the first's."""
+    path = tmp_path / "block_0.csv"
+    make_block().to_csv(path, index=False)
+    ingest_block(home, path, 0, LakeConfig())
+    sets = ["teacher.members=[\"bpr:8\"]", "train.max_epochs=2", "train.batch_size=256", "train.device=cpu"]
+    first_training, release = threading.Event(), threading.Event()
+    real_train = teacher._train_member
+
+    def held_first_time(*args, **kwargs):
+        if not first_training.is_set():
+            first_training.set()
+            assert release.wait(30)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(teacher, "_train_member", held_first_time)
+    errors = {}
+
+    def member_stage(key, lr):
+        run = Run(home, "ccd", RunConfig.load(None, [*sets, f"train.lr={lr}"]), key, progress=False)
+        layout, work = stage_work(run, 0, "teacher-bpr-0")
+        try:
+            run.stage(layout, 0, "teacher-bpr-0", work)
+        except BadInputError as exc:
+            errors[key] = str(exc)
+
+    runs = {"a": threading.Thread(target=member_stage, args=("a", 0.01)),
+            "b": threading.Thread(target=member_stage, args=("b", 0.02))}
+    runs["a"].start()
+    assert first_training.wait(30)
+    runs["b"].start()
+    runs["b"].join(0.5)
+    assert runs["b"].is_alive()  # waiting on the member's folder
+    release.set()
+    for run in runs.values():
+        run.join(60)
+    assert "a" not in errors and "trained by run key 'a' with other settings (differing: train.lr)" in errors["b"]
+    assert io.read_metadata(home.model_dir(0, "teacher-bpr-0"))["metadata"]["run_config"]["train"]["lr"] == 0.01

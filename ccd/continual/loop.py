@@ -28,11 +28,13 @@ event, seconds, outputs), which the flows turn into their own logs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +64,7 @@ from ccd.models import Recommender, io, parse_members
 from ccd.registry import propose, register
 from ccd import registry, stages
 from ccd.stages import DEFAULT_RUN_KEY
-from ccd.teacher import TEACHER, member_dir_name, train_member, train_teacher
+from ccd.teacher import TEACHER, folder_lock, member_dir_name, train_member, train_teacher
 from ccd.train import TrainResult, Validator, pick_device
 
 log = logging.getLogger(__name__)
@@ -161,10 +163,20 @@ class Run:
                 self._unchanged()  # under the stage's lock, once its record has started
                 return fn()
 
-            outputs = stages.run_stage(self.home, block, stage, work, self.run_key)  # re-checks under the stage's lock
+            with self._shared_folder(block, name):
+                outputs = stages.run_stage(self.home, block, stage, work, self.run_key)  # re-checks under the stage's lock
             self._notify(stage, {**info, "event": "done", "seconds": time.perf_counter() - start, "outputs": outputs})
         self._outputs[(layout.method, block, name)] = outputs
         return outputs
+
+    def _shared_folder(self, block: int, name: str) -> AbstractContextManager[Any]:
+        """Block 0's teacher folders are one per home: their stages hold the folder's lock until
+        recorded, so another run key reaching one waits, then finds the finished record (and is
+        refused if it was trained under other settings) instead of training over it."""
+        if not on_base(block, name) or name not in (*map(member_dir_name, self.members), "ensemble"):
+            return contextlib.nullcontext()
+        folder = TEACHER if name == "ensemble" else name
+        return folder_lock(self.home, self.home.model_dir(0, folder))
 
     def outputs(self, layout: Layout, block: int, name: str) -> dict[str, Any]:
         """What a finished stage recorded; cached, since a done stage's outputs never change."""
