@@ -164,9 +164,8 @@ def test_a_second_run_key_with_other_settings_waits_for_the_first_then_is_refuse
 
     def member_stage(key, lr):
         run = Run(home, "ccd", RunConfig.load(None, [*sets, f"train.lr={lr}"]), key, progress=False)
-        layout, work = stage_work(run, 0, "teacher-bpr-0")
         try:
-            run.stage(layout, 0, "teacher-bpr-0", work)
+            _base_stage(run, "teacher-bpr-0")
         except BadInputError as exc:
             errors[key] = str(exc)
 
@@ -182,3 +181,41 @@ def test_a_second_run_key_with_other_settings_waits_for_the_first_then_is_refuse
         run.join(60)
     assert "a" not in errors and "trained by run key 'a' with other settings (differing: train.lr)" in errors["b"]
     assert io.read_metadata(home.model_dir(0, "teacher-bpr-0"))["metadata"]["run_config"]["train"]["lr"] == 0.01
+
+
+def test_a_second_run_key_with_other_settings_is_refused_on_any_member_while_the_first_trains(home, tmp_path, monkeypatch):
+    """The folder locks only order two keys on one member; on different members both would pass
+    a check of finished stages and leave a teacher of mixed settings. The first key to reach
+    block 0's teacher claims it, so the second is refused at once."""
+    path = tmp_path / "block_0.csv"
+    make_block().to_csv(path, index=False)
+    ingest_block(home, path, 0, LakeConfig())
+    sets = ["teacher.members=[\"bpr:8\",\"lightgcn:8\"]", "train.max_epochs=2", "train.batch_size=256", "train.device=cpu"]
+    first_training, release = threading.Event(), threading.Event()
+    real_train = teacher._train_member
+
+    def held(*args, **kwargs):
+        first_training.set()
+        assert release.wait(30)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(teacher, "_train_member", held)
+    first = Run(home, "ccd", RunConfig.load(None, [*sets, "train.lr=0.01"]), "a", progress=False)
+    thread = threading.Thread(target=lambda: _base_stage(first, "teacher-bpr-0"))
+    thread.start()
+    try:
+        assert first_training.wait(30)
+        second = Run(home, "ccd", RunConfig.load(None, [*sets, "train.lr=0.02"]), "b", progress=False)
+        with pytest.raises(BadInputError, match=r"was started \(claim: .*block=0-teacher.json\) by run key 'a' .*train\.lr"):
+            _base_stage(second, "teacher-lightgcn-0")
+        assert not home.model_dir(0, "teacher-lightgcn-0").exists()
+    finally:
+        release.set()
+        thread.join(60)
+    assert stages.get(home, 0, "base-teacher-bpr-0", "a").status == "done"
+
+
+def _base_stage(run: Run, name: str) -> dict:
+    """Block 0's stage `name` (a `block_plan` name) as the stream runs it."""
+    layout, work = stage_work(run, 0, name)
+    return run.stage(layout, 0, name, work)

@@ -28,6 +28,7 @@ from ccd.home import Home, safe_name
 from ccd.stages import DEFAULT_RUN_KEY
 
 PINNED_SECTIONS = ("train", "teacher", "distill", "continual")
+SHARED_TEACHER_SECTIONS = ("train", "teacher")
 UNPINNED_KEYS = {("train", "device")}
 
 
@@ -86,18 +87,36 @@ def check_shared_teacher(home: Home, run_key: str, config: RunConfig, trained_by
     Block 0's members and ensemble lists live once per home (`models/block=0/teacher*`), shared
     by every run key, so a key that retrained them under other settings would overwrite what the
     runs in `trained_by` (keys with finished block-0 teacher stages) recorded and evaluated.
-    Only the sections that shape them count: `train` (the device aside) and `teacher`.
+    Only the sections that shape them count: `train` (the device aside) and `teacher`. The first
+    key to reach them also claims them (`runs/block=0-teacher.json`, created once), so two keys
+    starting at once under other settings cannot each train some of the members.
     """
     wanted = pinned_settings(config)
     for other in (key for key in trained_by if key != run_key):
         theirs = read_pin(home, other)
-        changed = differing(wanted, theirs, ("train", "teacher")) if theirs is not None else ""
-        if changed:
-            raise BadInputError(
-                f"block 0's teacher in this home was trained by run key {other!r} with other settings "
-                f"(differing: {changed}), and every run key shares it: start run key {run_key!r} at block 1 "
-                f"(--from-block 1) to build on it, or use another home for another block-0 teacher"
-            )
+        if theirs is not None:
+            _refuse_other_teacher(home, run_key, other, differing(wanted, theirs, SHARED_TEACHER_SECTIONS), "was trained")
+    claim = {"run_key": run_key, **{section: wanted[section] for section in SHARED_TEACHER_SECTIONS}}
+    path = shared_teacher_claim_path(home)
+    atomic.write_once(path, (json.dumps(claim, indent=2, sort_keys=True) + "\n").encode())
+    claimed = json.loads(path.read_text(encoding="utf-8"))
+    if claimed["run_key"] != run_key:
+        _refuse_other_teacher(home, run_key, claimed["run_key"], differing(wanted, claimed, SHARED_TEACHER_SECTIONS),
+                              f"was started (claim: {path})")
+
+
+def shared_teacher_claim_path(home: Home) -> Path:
+    """The settings block 0's shared teacher is trained with ('=' keeps it apart from any run key)."""
+    return home.root / "runs" / "block=0-teacher.json"
+
+
+def _refuse_other_teacher(home: Home, run_key: str, other: str, changed: str, how: str) -> None:
+    if changed:
+        raise BadInputError(
+            f"block 0's teacher in this home {how} by run key {other!r} with other settings "
+            f"(differing: {changed}), and every run key shares it: start run key {run_key!r} at block 1 "
+            f"(--from-block 1) to build on it, or use another home for another block-0 teacher"
+        )
 
 
 def read_pin(home: Home, run_key: str) -> dict[str, Any] | None:
