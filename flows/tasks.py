@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from ccd import registry, stages
+from ccd import atomic, registry, stages
 from ccd.config import LakeConfig, RunConfig
 from ccd.continual import loop
 from ccd.continual.loop import Run
@@ -73,16 +74,17 @@ def block_key(kind: str, block: int, method: str = "ccd", run_key: str = DEFAULT
 def ingest(home: Home, block_file: Path, block: int, lake: LakeConfig) -> dict[str, Any]:
     """Validate the block file and add it to the lake as block `block` (`ccd ingest`).
 
-    The lake is asked even when the ledger has the block's ingest done: it compares contents,
-    so the same file again is a no-op and a changed one is refused. Skipped on the ledger's word,
-    a corrected file re-delivered before its block finished would go unnoticed, and the block's
-    remaining stages would train on the old content. A file moved away since its ingest finished
-    leaves nothing to compare: the ledger's record stands.
+    When the ledger has the block's ingest done but the file's bytes are not the ones it
+    recorded, the lake is asked first: the same content (say, rewritten in another format) is a
+    no-op, other content is refused. Skipped on the ledger's word, a corrected file re-delivered
+    before its block finished would go unnoticed while the block's stages trained on the old
+    content. A file moved away since leaves nothing to compare.
     """
-    if not Path(block_file).exists() and stages.is_done(home, block, "ingest"):
-        return run_stage(home, block, "ingest", lambda: None)  # skipped: the recorded outputs
-    result = ingest_block(home, block_file, block, lake)
-    return run_stage(home, block, "ingest", lambda: result)
+    record = stages.get(home, block, "ingest")
+    if record is not None and record.status == "done" and Path(block_file).exists():
+        if (record.outputs or {}).get("file_sha256") != atomic.sha256_file(block_file):
+            ingest_block(home, block_file, block, lake)
+    return run_stage(home, block, "ingest", partial(ingest_block, home, block_file, block, lake))
 
 
 @task(name="publish-validation", task_run_name="publish validation of block {block}", cache_policy=NO_CACHE,

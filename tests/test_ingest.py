@@ -131,8 +131,11 @@ def test_only_the_last_block_can_be_replaced_and_its_stages_then_run_again(home,
             stages.run_stage(home, k, "ccd-distill", lambda: {"path": "x"}, key)
     stages.run_stage(home, 1, "ingest", lambda: {"status": "ingested"})
     before = lake_state(home)
-    with pytest.raises(BlockOrderError, match=r"block 0 cannot be replaced: blocks 1\.\.1 came after it"):
+    with pytest.raises(BlockOrderError, match=r"block 0 already holds different content .*, and it cannot be replaced: blocks 1\.\.1 came after it"):
         ingest_block(home, write(make_block(seed=7, block=0), tmp_path / "b0b.csv"), 0, CONFIG, replace=True)
+    with pytest.raises(BlockOrderError, match=r"cannot be replaced: blocks 1\.\.1") as refused:  # nor suggested
+        ingest_block(home, write(make_block(seed=7, block=0), tmp_path / "b0b.csv"), 0, CONFIG)
+    assert "--replace" not in str(refused.value)
     assert lake_state(home) == before
 
     assert ingest_block(home, write(make_block(seed=8, block=1), tmp_path / "b1b.csv"), 1, CONFIG, replace=True).status == "replaced"

@@ -65,6 +65,8 @@ class IngestResult:
     record: catalog.BlockRecord
     validation: ValidationReport | None
     report_path: str | None
+    # sha256 of the file's bytes, so a caller can tell the same file again without reading it
+    file_sha256: str
 
     def to_dict(self) -> dict:
         return {
@@ -73,6 +75,7 @@ class IngestResult:
             "record": self.record.to_dict(),
             "validation": self.validation.to_dict() if self.validation else None,
             "report_path": self.report_path,
+            "file_sha256": self.file_sha256,
         }
 
 
@@ -106,21 +109,20 @@ def ingest_block(
         existing = blocks.get(block)
         if existing is not None and existing.content_hash == content_hash:
             log.info("block %d: same content as ingested on %s; nothing to do", block, existing.ingested_at)
-            return IngestResult(block, "unchanged", existing, report, None)
-        if existing is not None and not replace:
-            raise BlockOrderError(
-                f"block {block} already holds different content than {path} (hash {existing.content_hash[:12]}, "
-                f"from {existing.source}); if this file is a correction, use --replace to overwrite it"
-            )
+            return IngestResult(block, "unchanged", existing, report, None, atomic.sha256_file(path))
+        differs = (f"block {block} already holds different content than {path} "
+                   f"(hash {existing.content_hash[:12]}, from {existing.source})") if existing is not None else ""
         later = sorted(k for k in blocks if k > block)
         if existing is not None and later:
             raise BlockOrderError(
-                f"block {block} cannot be replaced: blocks {later[0]}..{later[-1]} came after it and their ids "
+                f"{differs}, and it cannot be replaced: blocks {later[0]}..{later[-1]} came after it and their ids "
                 f"and models build on it; only the last block can be replaced (or ingest the stream into a new home)"
             )
+        if existing is not None and not replace:
+            raise BlockOrderError(f"{differs}; if this file is a correction, use --replace to overwrite it")
         with stages.idle_block(home, block) if existing is not None else contextlib.nullcontext():
             record, report_path = _commit(home, path, block, frame, content_hash, report, config, replacing=existing is not None)
-        return IngestResult(block, "replaced" if existing else "ingested", record, report, report_path)
+        return IngestResult(block, "replaced" if existing else "ingested", record, report, report_path, atomic.sha256_file(path))
 
 
 def canonical_frame(frame: pd.DataFrame) -> pd.DataFrame:

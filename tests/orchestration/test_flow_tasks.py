@@ -131,6 +131,19 @@ def test_ingest_task_refuses_a_changed_file_even_when_the_stage_is_done(home, tm
     make_block(seed=5).to_csv(path, index=False)
     with pytest.raises(BlockOrderError, match=rf"block 0 already holds different content than {path}.*use --replace"):
         ingest.fn(home, path, 0, LakeConfig())
+    make_block().to_parquet(path.with_suffix(".parquet"))  # other bytes, the same content: a no-op
+    assert ingest.fn(home, path.with_suffix(".parquet"), 0, LakeConfig())["status"] == "ingested"  # the record stands
+    assert stages.get(home, 0, "ingest").attempts == 1
+
+
+def test_a_failed_ingest_is_recorded_in_the_ledger(home, tmp_path):
+    bad = make_block().astype({"user_id": object})
+    bad.loc[0, "user_id"] = None
+    path = tmp_path / "block_0.csv"
+    bad.to_csv(path, index=False)
+    with pytest.raises(ValidationFailedError):
+        ingest.fn(home, path, 0, LakeConfig())
+    assert stages.get(home, 0, "ingest").status == "failed"
 
 
 def test_find_new_blocks_skips_blocks_whose_stage_is_done(home, tmp_path):
