@@ -198,7 +198,9 @@ def idle_block(home: Home, block: int) -> Iterator[None]:
     """Hold the lock of every recorded stage of `block` (its ingest aside) for the `with` body.
 
     Refused at once (`StageBusyError`) when one is held: that stage is running, and would
-    finish on the data the body replaces. A stage that starts meanwhile waits for the body.
+    finish on the data the body replaces. A recorded stage that starts meanwhile waits for the
+    body; one without a record yet is not held back, but finds its record gone when it ends
+    (`StageForgottenError`).
     """
     with ExitStack() as held:
         for record in list_stages(home, block):

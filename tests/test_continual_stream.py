@@ -354,18 +354,21 @@ def test_the_report_lists_the_registered_blocks_only(ccd_home, tmp_path):
     assert [d["version"] for d in result["registry"]] == [1, 2, 3, 4, 5]
 
 
-def test_reports_of_one_run_key_are_written_one_at_a_time(ccd_home, tmp_path):
+def test_reports_of_one_run_key_are_written_one_at_a_time(ccd_home, tmp_path, monkeypatch):
     """Two methods finishing at once would each draw the comparison plots from the other's
-    previous metrics.json: a report waits for the one being written under its key."""
+    previous metrics.json: a report reads the others and writes its own only once the report
+    under way is written."""
     home = copy_home(ccd_home, tmp_path)
     run = Run(home, "ccd", RunConfig.load(None, TINY), progress=False)
+    read_at, real_reports = [], loop._stream_reports
+    monkeypatch.setattr(loop, "_stream_reports", lambda *args: read_at.append(time.time_ns()) or real_reports(*args))
     written = []
     with file_lock(home, "stream-report-default"):
         writer = threading.Thread(target=lambda: written.append(loop.write_report(run, 5)))
         writer.start()
         writer.join(1.0)
-        assert writer.is_alive() and not written  # waiting for the report under way
         released = time.time_ns()
     writer.join(60)
     assert written and written[0]["blocks"] == [0, 1, 2, 3, 4, 5]
+    assert read_at and min(read_at) >= released  # the other reports were read after the lock was let go
     assert (home.reports / "stream" / "ccd" / "metrics.json").stat().st_mtime_ns >= released

@@ -25,9 +25,18 @@ def test_every_setting_is_listed_with_its_default_and_a_note(capsys):
     by_name = {row["setting"]: row for row in rows}
     assert by_name["continual.kd_init"]["allowed"] == "previous | fresh | updated"
     assert by_name["teacher.members"]["default"] == ["lightgcn:64x3", "bpr:64x2", "vae:64x1"]
-    # A field under another field's comment shares it (the comment describes the group).
+    # Each field's own comment; a field under another field's comment shares it (the comment
+    # describes the group); a blank line or the docstring ends a group.
+    assert by_name["lake.duplicate_policy"]["note"] == (
+        "Duplicate (user, item) pairs inside a block: drop them and report, or reject the block.")
+    assert by_name["serving.port"]["note"] == "TCP port of the API."
+    assert by_name["serving.host"]["note"].startswith("Loopback: the API has no authentication")
     assert by_name["continual.update_lr"]["note"] == by_name["continual.update_epochs"]["note"]
     assert "Adam lr 1e-3" in by_name["continual.update_lr"]["note"]
+    assert by_name["continual.kd_lambda_ir"]["note"].startswith("Stage 4 KD (spec 2.2): batches of 1024")
+    assert by_name["distill.tau_period"]["note"].startswith("DE (spec 2): M experts; Gumbel temperature")
+    assert by_name["lake.split_seed"]["note"] == "Seed of the per-user random train/valid/test split."
+    assert by_name["teacher.members"]["allowed"] == "list of str"
 
 
 def test_changes_and_a_section_filter(capsys, tmp_path):
@@ -37,6 +46,8 @@ def test_changes_and_a_section_filter(capsys, tmp_path):
     assert [(r["setting"], r["value"]) for r in rows] == [("train.lr", 0.01), ("continual.kd_init", "fresh")]
     section = _json(capsys, "serving")["settings"]
     assert {r["setting"] for r in section} == {f"serving.{f.name}" for f in dataclasses.fields(RunConfig().serving)}
+    assert main(["settings", "--set", "train.lr=0.01", "--changed"]) == 0  # one row, but not one setting asked for
+    assert capsys.readouterr().out.splitlines()[0].split() == ["setting", "value", "default", "allowed"]
 
 
 def test_one_setting_prints_its_note_in_full(capsys):
@@ -53,15 +64,20 @@ def test_a_run_keys_settings_are_its_pin_with_the_changes_on_top(capsys, home):
     assert [(r["setting"], r["value"]) for r in got["settings"]] == [
         ("train.lr", 0.01), ("distill.student_dim", 8), ("continual.update_epochs", 10)]
     assert got["pinned"] is True and got["run_key"] == "retrain-a"
+    assert got["refused"] == ["train.lr"]  # a pinned key keeps its settings: `ccd stream` refuses the change
+    assert main(["settings", "--home", str(home.root), "--run-key", "retrain-a", "--set", "train.lr=0.01"]) == 0
+    assert "ccd stream would refuse these under the run key's pin" in capsys.readouterr().out
     # A new key starts from the default run's settings; with no default run, the defaults.
     assert _json(capsys, "--home", str(home.root), "--run-key", "new", "--changed") == {
-        "settings": [], "run_key": "new", "pinned": False}
+        "settings": [], "run_key": "new", "pinned": False, "refused": []}
 
 
 def test_unknown_names_are_one_line_errors(capsys):
     assert main(["settings", "continual.nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no setting or section 'continual.nope'" in err
+    assert main(["settings", "nosuch", "--changed"]) == 2  # a misspelt name is not "nothing changed"
+    assert "no setting or section 'nosuch'" in capsys.readouterr().err
     assert main(["settings", "--set", "continual.nope=1"]) == 2
     assert "unknown config key(s) continual.nope" in capsys.readouterr().err
     assert main(["settings", "--home", "somewhere"]) == 2  # it would be ignored: refused

@@ -13,6 +13,7 @@ from ccd import stages
 from ccd.cli import main
 from ccd.continual.loop import Run
 from ccd.errors import BadInputError, CcdError
+from ccd.locking import file_lock
 from ccd.lake.ingest import ingest_block
 from ccd.config import LakeConfig, RunConfig
 from tests.conftest import make_block
@@ -170,15 +171,25 @@ def test_a_stream_run_stops_when_a_block_it_read_is_replaced(home, tmp_path):
 
 def test_a_finished_stage_waits_for_the_catalog_however_long_it_is_busy(home, monkeypatch):
     """The ledger write that marks a stage done comes after all its work: giving up on a busy
-    catalog (a long ingest commit) would throw that work away, so it waits without a limit."""
-    waits = []
+    catalog (a long ingest commit) would throw that work away, so it waits without a limit.
+    Here every other catalog wait is cut to 0.2 s while the catalog stays busy for 1 s."""
     real_connect = stages.catalog.connect
+    monkeypatch.setattr(stages.catalog, "connect",
+                        lambda home, read_only=False, timeout=60.0: real_connect(home, read_only, None if timeout is None else 0.2))
+    busy, holder = threading.Event(), None
 
-    def spied(home, read_only=False, timeout=60.0):
-        waits.append(timeout)
-        return real_connect(home, read_only=read_only, timeout=timeout)
+    def hold_catalog():
+        with file_lock(home, "catalog"):
+            busy.set()
+            time.sleep(1.0)
 
-    monkeypatch.setattr(stages.catalog, "connect", spied)
-    stages.run_stage(home, 0, "teacher", lambda: {"ok": True})
-    assert waits[-1] is None  # the last write: done
+    def work():
+        nonlocal holder
+        holder = threading.Thread(target=hold_catalog)
+        holder.start()
+        assert busy.wait(10)
+        return {"ok": True}
+
+    assert stages.run_stage(home, 0, "teacher", work) == {"ok": True}
+    holder.join()
     assert stages.get(home, 0, "teacher").status == "done"

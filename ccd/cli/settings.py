@@ -8,8 +8,9 @@
 The notes are the comments above each field in `ccd/config.py`, the one typed place settings
 live, so this listing never drifts from the code. With `--run-key` the values are the run's
 pinned settings (`runs/<key>/config.json`, or the default run's for a new key) with `--config`
-and `--set` on top, exactly as `ccd stream` and the flows read them; without it, the defaults
-with `--config` and `--set` on top, as every other command reads them.
+and `--set` on top, as `ccd stream` and the flows read them, and the changes `ccd stream` would
+refuse under a pinned key are named; without it, the defaults with `--config` and `--set` on
+top, as every other command reads them.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from typing import Any
 
 from ccd.cli.common import add_command, config_of, emit, home_of, table
 from ccd.config import RunConfig
-from ccd.continual.pinned_config import pin_path, run_settings
+from ccd.continual.pinned_config import PINNED_SECTIONS, differing, pinned_settings, read_pin, run_settings
 from ccd.errors import BadInputError
+from ccd.home import Home
 
 COLUMNS = ["setting", "value", "default", "allowed"]
 
@@ -43,14 +45,26 @@ def run(args: argparse.Namespace) -> int:
         config = config_of(args)
     else:
         config = run_settings(home_of(args), args.run_key, RunConfig.named(args.config, args.overrides))
-    rows = [row for row in setting_rows(config) if _wanted(row, args.name, args.changed)]
-    if args.name is not None and not rows and not args.changed:
+    named = [row for row in setting_rows(config) if _named(row, args.name)]
+    if not named:
         raise BadInputError(f"no setting or section {args.name!r} (sections: {', '.join(_sections())})")
+    rows = [row for row in named if not args.changed or row["value"] != row["default"]]
     payload: dict[str, Any] = {"settings": rows, "run_key": args.run_key}
     if args.run_key is not None:
-        payload["pinned"] = pin_path(home_of(args), args.run_key).exists()
-    emit(args, payload, lambda: _human(rows))
+        payload.update(_against_pin(home_of(args), args.run_key, config))
+    one = args.name is not None and "." in args.name
+    emit(args, payload, lambda: _human(rows, one, payload.get("refused", [])))
     return 0
+
+
+def _against_pin(home: Home, run_key: str, config: RunConfig) -> dict[str, Any]:
+    """Whether `run_key` is pinned, and the settings of `config` that `ccd stream` would refuse
+    under it (a pinned key keeps its settings; a change needs a new key)."""
+    pinned = read_pin(home, run_key)
+    if pinned is None:
+        return {"pinned": False, "refused": []}
+    changed = differing(pinned_settings(config), pinned, PINNED_SECTIONS)
+    return {"pinned": True, "refused": changed.split(", ") if changed else []}
 
 
 def setting_rows(config: RunConfig) -> list[dict[str, Any]]:
@@ -100,9 +114,11 @@ def _sections() -> list[str]:
 
 
 def _allowed(hint: Any) -> str:
-    """The values a setting takes: a Literal's choices, else its type's name."""
+    """The values a setting takes: a Literal's choices, a list's element type, else its type's name."""
     if typing.get_origin(hint) is typing.Literal:
         return " | ".join(str(choice) for choice in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:  # written as a list in a config file
+        return f"list of {typing.get_args(hint)[0].__name__}"
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
@@ -111,17 +127,18 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _wanted(row: dict[str, Any], name: str | None, changed: bool) -> bool:
-    if changed and row["value"] == row["default"]:
-        return False
+def _named(row: dict[str, Any], name: str | None) -> bool:
     return name is None or row["setting"] == name or row["setting"].startswith(f"{name}.")
 
 
-def _human(rows: list[dict[str, Any]]) -> str:
-    if len(rows) == 1:  # one setting: its note in full
-        row = rows[0]
-        return "\n".join(f"{key}: {_text(row[key])}" for key in ("setting", "value", "default", "allowed", "note"))
-    return table([{**row, "value": _text(row["value"]), "default": _text(row["default"])} for row in rows], COLUMNS)
+def _human(rows: list[dict[str, Any]], one: bool, refused: list[str]) -> str:
+    if one and rows:  # one setting: its note in full
+        text = "\n".join(f"{key}: {_text(rows[0][key])}" for key in ("setting", "value", "default", "allowed", "note"))
+    else:
+        text = table([{**row, "value": _text(row["value"]), "default": _text(row["default"])} for row in rows], COLUMNS)
+    if refused:
+        text += f"\n\nccd stream would refuse these under the run key's pin (retrain under a new --run-key): {', '.join(refused)}"
+    return text
 
 
 def _text(value: Any) -> str:

@@ -126,8 +126,8 @@ class Run:
     def data(self, block: int) -> BlockData:
         if block not in self._data:
             record = catalog.get_block(self.home, block)  # before the read: a replace in between is caught
-            self._read[block] = record.content_hash if record is not None else ""
             self._data[block] = load_block_data(self.home, block)
+            self._read[block] = record.content_hash if record is not None else ""
         return self._data[block]
 
     def _unchanged(self) -> None:
@@ -171,8 +171,8 @@ class Run:
 
     def _shared_folder(self, block: int, name: str) -> AbstractContextManager[Any]:
         """Block 0's teacher folders are one per home: their stages hold the folder's lock until
-        recorded, so another run key reaching one waits, then finds the finished record (and is
-        refused if it was trained under other settings) instead of training over it."""
+        recorded, so another run key reaching the same one waits, then finds the finished record
+        (keys under other settings are refused anyway, by the claim of `check_shared_teacher`)."""
         if not on_base(block, name) or name not in (*map(member_dir_name, self.members), "ensemble"):
             return contextlib.nullcontext()
         folder = TEACHER if name == "ensemble" else name
