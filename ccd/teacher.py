@@ -100,19 +100,24 @@ def train_teacher(
         if recorded_by(home, block, out_dir):  # what a finished stage distilled from stays as it is
             saved = json.loads((out_dir / "teacher.json").read_text(encoding="utf-8"))
             return {"block": block, "members": rows, "ensemble": saved["ensemble"], "topk": saved["topk"]}
-        ensemble = Ensemble(models, config.teacher.rank_exponent)
-        evaluate = lambda truth: rank_metrics(ensemble.score, truth, data.seen_train, data.n_items, ks=(20,), batch_users=config.train.eval_batch_users, device=device)
-        valid, test = evaluate(data.valid), evaluate(data.test)
-        ensemble_row = {
-            "member": TEACHER,
-            "kind": "ensemble",
-            "params": sum(m.parameter_count() for m in models),
-            **_metrics(valid, test),
-        }
-        topk = write_topk(ensemble.score, data.n_users, data.n_items, data.seen_train, out_dir, k, k, config.train.eval_batch_users, device)
-        report = {"block": block, "members": rows, "ensemble": ensemble_row, "topk": {k: v if isinstance(v, int) else str(v) for k, v in topk.items()}}
+        ensemble_row, topk = _write_lists(Ensemble(models, config.teacher.rank_exponent), data, out_dir, config, device)
+        report = {"block": block, "members": rows, "ensemble": ensemble_row, "topk": topk}
         write_text(out_dir / "teacher.json", json.dumps({**report, **built}, indent=2) + "\n")
     return report
+
+
+def _write_lists(ensemble: Ensemble, data: BlockData, out_dir: Path, config: RunConfig, device: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ensemble's report row (valid/test Recall@20, NDCG@20) and its top-K lists, written to `out_dir`."""
+    batch, k = config.train.eval_batch_users, config.teacher.top_k
+    evaluate = lambda truth: rank_metrics(ensemble.score, truth, data.seen_train, data.n_items, ks=(20,), batch_users=batch, device=device)
+    row = {
+        "member": TEACHER,
+        "kind": "ensemble",
+        "params": sum(m.parameter_count() for m in ensemble.members),
+        **_metrics(evaluate(data.valid), evaluate(data.test)),
+    }
+    topk = write_topk(ensemble.score, data.n_users, data.n_items, data.seen_train, out_dir, k, k, batch, device)
+    return row, {key: value if isinstance(value, int) else str(value) for key, value in topk.items()}
 
 
 def train_member(
