@@ -169,6 +169,8 @@ def test_an_unknown_option_of_a_registry_action_points_to_that_actions_help(tmp_
 @pytest.mark.parametrize("argv, blamed", [
     (["--bogus", "stages"], "ccd"),
     (["registry", "--bogus", "list"], "ccd registry"),
+    (["--bogus", "stages", "--also-bogus"], "ccd"),  # the command's own unknown option is not ccd's
+    (["registry", "--bogus", "list", "--also-bogus"], "ccd registry"),
 ])
 def test_an_unknown_option_before_a_subcommand_is_blamed_on_the_command_it_follows(capsys, argv, blamed):
     with pytest.raises(SystemExit) as exit_:

@@ -56,7 +56,10 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
             if word not in _choices(refusing) or argv.index(word) > where:
                 break
             refusing = _choices(refusing)[word]
-        refusing.error(f"unrecognized arguments: {' '.join(unknown)}")
+        # Only the unknown words given to it, before the next (sub)command word.
+        later = [argv.index(w) for w in words if w in argv and argv.index(w) > where]
+        own = [w for w in unknown if w not in argv or not later or argv.index(w) < min(later)]
+        refusing.error(f"unrecognized arguments: {' '.join(own)}")
     return args
 
 
