@@ -23,9 +23,7 @@ CONFIG = RunConfig.from_dict({
 
 
 def test_members_trained_one_by_one_are_reused_by_the_ensemble(home, tmp_path):
-    path = tmp_path / "block_0.csv"
-    make_block().to_csv(path, index=False)
-    ingest_block(home, path, 0, LakeConfig())
+    ingest_block0(home, tmp_path)
     rows = [train_member(home, 0, name, CONFIG, progress=False) for name in ("bpr-0", "bpr-1")]
     assert [(r["member"], r["status"]) for r in rows] == [("bpr-0", "trained"), ("bpr-1", "trained")]
     assert train_member(home, 0, "bpr-1", CONFIG, progress=False)["status"] == "reused"
@@ -40,9 +38,7 @@ def test_a_member_is_reused_on_another_device(home, tmp_path):
     """A stream may resume on a GPU after starting on a CPU: the device names where a member
     trains, not what it learns, so changing it alone retrains nothing (nor refuses, as it would
     for a member a finished stage recorded)."""
-    path = tmp_path / "block_0.csv"
-    make_block().to_csv(path, index=False)
-    ingest_block(home, path, 0, LakeConfig())
+    ingest_block0(home, tmp_path)
     assert train_member(home, 0, "bpr-0", CONFIG, progress=False)["status"] == "trained"
     elsewhere = RunConfig.from_dict({**CONFIG.to_dict(), "train": {**CONFIG.to_dict()["train"], "device": "cpu:0"}})
     assert train_member(home, 0, "bpr-0", elsewhere, progress=False)["status"] == "reused"
@@ -54,9 +50,7 @@ def test_members_saved_by_earlier_code_are_reused_when_todays_settings_train_ali
     `decay_on` nor `graph` at first: such a member is reused when today's settings match the
     ones it saved, the missing ones at the value the code then trained with, whatever the
     device; not when they differ, nor when its data does."""
-    path = tmp_path / "block_0.csv"
-    make_block().to_csv(path, index=False)
-    ingest_block(home, path, 0, LakeConfig())
+    ingest_block0(home, tmp_path)
     train_member(home, 0, "bpr-0", CONFIG, progress=False)
     folder = home.model_dir(0, member_dir_name("bpr-0"))
     meta, model, data = io.read_metadata(folder), io.load(folder), load_block_data(home, 0)
@@ -79,9 +73,7 @@ def test_members_saved_by_earlier_code_are_reused_when_todays_settings_train_ali
 def test_members_trained_when_decay_on_all_meant_mean_losses_are_not_reused(home, tmp_path):
     """`decay_on="all"` acted against mean losses before it stepped on summed ones: a member
     saved then trained otherwise than today's "all" does, whichever way its hash was made."""
-    path = tmp_path / "block_0.csv"
-    make_block().to_csv(path, index=False)
-    ingest_block(home, path, 0, LakeConfig())
+    ingest_block0(home, tmp_path)
     today = RunConfig.from_dict({**CONFIG.to_dict(), "train": {**CONFIG.to_dict()["train"], "decay_on": "all"}})
     train_member(home, 0, "bpr-0", today, progress=False)
     folder = home.model_dir(0, member_dir_name("bpr-0"))
@@ -97,19 +89,8 @@ def test_two_runs_training_one_member_take_turns_and_the_second_reuses(home, tmp
     """Block 0's member folders are one per home, shared by every run key: a second run that
     reaches a member while the first is still training it waits for the first's model instead
     of training its own into the same folder (interleaved saves would mix two models' files)."""
-    path = tmp_path / "block_0.csv"
-    make_block().to_csv(path, index=False)
-    ingest_block(home, path, 0, LakeConfig())
-    first_training, release = threading.Event(), threading.Event()
-    real_train = teacher._train_member
-
-    def held_first_time(*args, **kwargs):
-        if not first_training.is_set():
-            first_training.set()
-            assert release.wait(30)
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(teacher, "_train_member", held_first_time)
+    ingest_block0(home, tmp_path)
+    first_training, release = hold_first_training(monkeypatch)
     rows = {}
     runs = {key: threading.Thread(target=lambda key=key: rows.setdefault(key, train_member(home, 0, "bpr-0", CONFIG, progress=False)))
             for key in ("first", "second")}
@@ -129,9 +110,7 @@ def test_lists_a_finished_stage_recorded_are_not_written_again(home, tmp_path):
     """Another run key reaching block 0's ensemble gets the recorded lists as they are: a
     re-scoring (on another device, say) could break ties otherwise, under the runs that
     distilled from them."""
-    path = tmp_path / "block_0.csv"
-    make_block().to_csv(path, index=False)
-    ingest_block(home, path, 0, LakeConfig())
+    ingest_block0(home, tmp_path)
     first = train_teacher(home, 0, CONFIG, progress=False)
     lists = home.model_dir(0, "teacher")
     stages.run_stage(home, 0, "base-ensemble", lambda: {"topk_dir": home.relative(lists)}, "some-run")
@@ -146,20 +125,9 @@ def test_a_second_run_key_with_other_settings_waits_for_the_first_then_is_refuse
     """Two first runs of a home reaching block 0's same member at once, under other `train`
     settings: the second waits for the first's stage to be recorded and is then refused (the
     member is shared), rather than training its own over the first's."""
-    path = tmp_path / "block_0.csv"
-    make_block().to_csv(path, index=False)
-    ingest_block(home, path, 0, LakeConfig())
+    ingest_block0(home, tmp_path)
     sets = ["teacher.members=[\"bpr:8\"]", "train.max_epochs=2", "train.batch_size=256", "train.device=cpu"]
-    first_training, release = threading.Event(), threading.Event()
-    real_train = teacher._train_member
-
-    def held_first_time(*args, **kwargs):
-        if not first_training.is_set():
-            first_training.set()
-            assert release.wait(30)
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(teacher, "_train_member", held_first_time)
+    first_training, release = hold_first_training(monkeypatch)
     errors = {}
 
     def member_stage(key, lr):
@@ -187,19 +155,9 @@ def test_a_second_run_key_with_other_settings_is_refused_on_any_member_while_the
     """The folder locks only order two keys on one member; on different members both would pass
     a check of finished stages and leave a teacher of mixed settings. The first key to reach
     block 0's teacher claims it, so the second is refused at once."""
-    path = tmp_path / "block_0.csv"
-    make_block().to_csv(path, index=False)
-    ingest_block(home, path, 0, LakeConfig())
+    ingest_block0(home, tmp_path)
     sets = ["teacher.members=[\"bpr:8\",\"lightgcn:8\"]", "train.max_epochs=2", "train.batch_size=256", "train.device=cpu"]
-    first_training, release = threading.Event(), threading.Event()
-    real_train = teacher._train_member
-
-    def held(*args, **kwargs):
-        first_training.set()
-        assert release.wait(30)
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(teacher, "_train_member", held)
+    first_training, release = hold_first_training(monkeypatch)
     first = Run(home, "ccd", RunConfig.load(None, [*sets, "train.lr=0.01"]), "a", progress=False)
     thread = threading.Thread(target=lambda: _base_stage(first, "teacher-bpr-0"))
     thread.start()
@@ -219,3 +177,25 @@ def _base_stage(run: Run, name: str) -> dict:
     """Block 0's stage `name` (a `block_plan` name) as the stream runs it."""
     layout, work = stage_work(run, 0, name)
     return run.stage(layout, 0, name, work)
+
+
+def hold_first_training(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Hold the first member training of the test inside it: `first_training` is set once it
+    started, and it goes on once `release` is set; later trainings run straight through."""
+    first_training, release = threading.Event(), threading.Event()
+    real_train = teacher._train_member
+
+    def held_first_time(*args, **kwargs):
+        if not first_training.is_set():
+            first_training.set()
+            assert release.wait(30)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(teacher, "_train_member", held_first_time)
+    return first_training, release
+
+
+def ingest_block0(home, tmp_path) -> None:
+    path = tmp_path / "block_0.csv"
+    make_block().to_csv(path, index=False)
+    ingest_block(home, path, 0, LakeConfig())
