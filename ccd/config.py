@@ -301,6 +301,11 @@ class ContinualConfig:
     # Each old user's top items under the previous models and proxies are never BPR negatives
     # (the spec's exclusion lists), so BPR does not push down what replay pulls up. 0: off.
     exclude_top: int = 40
+    # How CCD's members update (stage 2). "collaborative": BPR with LWC-KD, the replay from S, P
+    # and CL_k, and the exclusion lists (spec 2.4). "plain": BPR fine-tuning alone, as the KD
+    # baseline's members, so CCD's teacher is KD's and only its student path (stage 1, stage 4
+    # from CL_k) differs: an ablation of what the collaborative terms do to the teacher.
+    teacher_update: Literal["collaborative", "plain"] = "collaborative"
     # LWC-KD (spec 2.4): weight of UI+IU+UU+II against the loop's mean BPR loss (the spec does
     # not say whether its BPR is summed; against a sum of 2048 terms 0.01 would vanish; under
     # train.decay_on="all" the loop steps on sums, and this ratio to BPR is kept),

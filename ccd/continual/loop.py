@@ -6,7 +6,8 @@ Block 0 (shared by every method, computed once per home): train the teacher memb
 them, distill the first student D_0, evaluate. Then, for each later block k, by method:
 
 - ccd: (1) update the student D_{k-1} with proxy-guided replay -> CL_k (`student_update`);
-  (2) update every teacher member with LWC-KD and replay from S, P and CL_k (`teacher_update`);
+  (2) update every teacher member with LWC-KD and replay from S, P and CL_k (`teacher_update`;
+  with `continual.teacher_update = "plain"`, BPR alone, as KD's);
   (3) ensemble the members and write their top-K lists to the lake; (4) distill the student
   D_k from them (`distill_stage`); evaluate; register D_k and propose it through the
   registry's gate.
@@ -357,7 +358,8 @@ def stage_work(run: Run, block: int, stage: str) -> tuple[Layout, Callable[[], d
         "evaluate": lambda: evaluate_stage(run, block),
         "register": lambda: register_stage(run, block),
     }
-    return run.layout, later.get(stage, lambda: member_stage(run, block, member, collaborative=run.method == "ccd"))
+    collaborative = run.method == "ccd" and run.config.continual.teacher_update == "collaborative"
+    return run.layout, later.get(stage, lambda: member_stage(run, block, member, collaborative))
 
 
 def run_block(run: Run, block: int) -> None:
