@@ -372,3 +372,17 @@ def test_reports_of_one_run_key_are_written_one_at_a_time(ccd_home, tmp_path, mo
     assert written and written[0]["blocks"] == [0, 1, 2, 3, 4, 5]
     assert read_at and min(read_at) >= released  # the other reports were read after the lock was let go
     assert (home.reports / "stream" / "ccd" / "metrics.json").stat().st_mtime_ns >= released
+
+
+def test_a_plain_teacher_update_gives_ccd_the_kd_baselines_members(ccd_home, tmp_path):
+    """`continual.teacher_update=plain`: CCD's members update with BPR alone, so from the same
+    start and seed they are KD's, weight for weight (the ablation isolating CCD's student path)."""
+    home = copy_home(ccd_home, tmp_path)
+    config = RunConfig.load(None, [*TINY, "continual.teacher_update=plain"])
+    weights = []
+    for method in ("ccd", "kd"):
+        run = Run(home, method, config, run_key="plain", progress=False)
+        _, work = loop.stage_work(run, 1, f"teacher-{run.members[0]}")
+        weights.append(run.load(work()["path"]).state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
