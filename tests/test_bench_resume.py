@@ -51,7 +51,8 @@ def tiny_loo():
     return loo_from_frame(pd.DataFrame(rows, columns=["user_id", "item_id", "split"]), n_candidates=20)
 
 
-def run(out: Path, teacher: BPRMF, stop_after: int | None, monkeypatch) -> dict:
+def run(out: Path, teacher: BPRMF, stop_after: int | None, monkeypatch) -> tuple[dict, list[int]]:
+    """The benchmark's result, and the epochs its last (resumed) call trained."""
     args = argparse.Namespace(seed=0, split_seed=0, max_epochs=6, patience=20, overrides=SMALL, teacher_dim=16, student_dim=4)
     if stop_after is not None:
         with monkeypatch.context() as patch:
@@ -59,16 +60,20 @@ def run(out: Path, teacher: BPRMF, stop_after: int | None, monkeypatch) -> dict:
             with pytest.raises(Stopped):
                 bench.run_method("de-rrd-ir", tiny_loo(), teacher, out, args, torch.device("cpu"))
         assert (out / "de-rrd-ir.checkpoint.pt").exists()
-    bench.run_method("de-rrd-ir", tiny_loo(), teacher, out, args, torch.device("cpu"))
+    trained, save = [], bench.save_checkpoint
+    with monkeypatch.context() as patch:
+        patch.setattr(bench, "save_checkpoint", lambda path, loop, *rest: trained.append(loop["epoch"]) or save(path, loop, *rest))
+        bench.run_method("de-rrd-ir", tiny_loo(), teacher, out, args, torch.device("cpu"))
     assert not (out / "de-rrd-ir.checkpoint.pt").exists()  # removed once the result is written
-    return json.loads((out / "de-rrd-ir.json").read_text())
+    return json.loads((out / "de-rrd-ir.json").read_text()), trained
 
 
 def test_a_stopped_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     data = tiny_loo()
     teacher = BPRMF(BPRConfig(dim=16, seed=1), data.n_users, data.n_items)
-    straight = run(tmp_path / "straight", teacher, None, monkeypatch)
-    resumed = run(tmp_path / "resumed", teacher, 3, monkeypatch)
+    straight, all_epochs = run(tmp_path / "straight", teacher, None, monkeypatch)
+    resumed, after_stop = run(tmp_path / "resumed", teacher, 3, monkeypatch)
+    assert all_epochs == [1, 2, 3, 4, 5, 6] and after_stop == [4, 5, 6]  # resumed, not restarted
     assert resumed["epochs"] == straight["epochs"] == 6
     assert resumed["best_epochs"] == straight["best_epochs"]
     assert resumed["test"] == straight["test"]

@@ -24,6 +24,7 @@ from ccd.continual.teacher_update import update_member
 from ccd.continual.updates import ProxyReplay, clone
 from ccd.data import BlockData
 from ccd.ensemble import write_topk
+from ccd.errors import BadInputError
 from ccd.models import Batch, BPRConfig, BPRMF, LightGCNConfig, VAEConfig, build_model
 from ccd.train import train, validate
 from planted import single_thread  # noqa: F401 (fixture)
@@ -405,5 +406,5 @@ def test_layout_keeps_runs_apart(home):
     assert retrain.topk_dir(1) == home.lake / "teacher" / "ccd" / "block=1" / "run=r1"
     assert retrain.run_keys == ("r1", "default") and default.run_keys == ("default",)
     assert default.stage("student-update") == "ccd-student-update"
-    with pytest.raises(Exception):
+    with pytest.raises(BadInputError, match="invalid method"):
         Layout(home, "../x")

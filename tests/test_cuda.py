@@ -58,6 +58,7 @@ def test_the_stream_runs_on_the_gpu_and_its_students_load_anywhere(tmp_path):
     home = Home.resolve(tmp_path / "home")
     sets = [arg for item in [*TINY, "train.device=cuda"] for arg in ("--set", item)]  # the last value wins
     for method in ("ccd", "kd", "finetune", "lwckd-student", "retrain"):
+        torch.cuda.reset_peak_memory_stats()
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             code = main(["stream", "--data", str(SAMPLE), "--method", method, "--blocks", "3",
@@ -66,6 +67,7 @@ def test_the_stream_runs_on_the_gpu_and_its_students_load_anywhere(tmp_path):
         result = json.loads(out.getvalue())
         h = result["student"]["blocks"][-1]["summary"]["recall@20"]["H"]
         assert 0 < h <= 1, method
+        assert torch.cuda.max_memory_allocated() > 0, method  # the stages trained on the GPU
     student = model_io.load(load_artifact_path(home, "student"), "cpu")
     on_gpu = model_io.load(load_artifact_path(home, "student"), "cuda")
     np.testing.assert_allclose(all_scores(student), all_scores(on_gpu), atol=1e-4)

@@ -69,7 +69,8 @@ def test_distill_from_the_block_ensemble(home_with_teacher, capsys):
     assert saved.dim == 4 and report["saved"].endswith("student-de-rrd-ir")
     meta = model_io.read_metadata(home.model_dir(0, "student-de-rrd-ir"))["metadata"]
     assert meta["method"] == "de-rrd-ir" and meta["run_config"]["distill"]["de_member"] == "lightgcn-0"
-    assert torch.allclose(saved.score(torch.arange(3)), saved.score(torch.arange(3)))
+    chosen = load_teacher(home.model_dir(0, "teacher"), RunConfig.load(None, ["distill.de_member=lightgcn-0"]), "cpu")
+    assert chosen.representations.kind == "lightgcn"  # DE's member, not the first (bpr-0)
 
 
 def test_distill_from_one_saved_model_and_table_output(home_with_teacher, capsys):

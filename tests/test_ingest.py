@@ -231,7 +231,7 @@ def test_rejected_block_is_quarantined_and_changes_nothing(home_with_block0, tmp
 def test_unreadable_files_give_bad_input(home, tmp_path, content):
     path = tmp_path / ("b0.parquet" if content.startswith(b"PAR1") else "b0.csv")
     path.write_bytes(content)
-    with pytest.raises(CcdError):
+    with pytest.raises(BadInputError, match="file is empty|not a readable"):
         ingest_block(home, path, 0, CONFIG)
     assert catalog.list_blocks(home) == []
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -283,8 +285,10 @@ def test_saved_weights_are_not_pickle(tmp_path):
 def test_models_are_seeded():
     for config in CONFIGS:
         a, b = build_model(config, 10, 12), build_model(config, 10, 12)
-        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        other = build_model(dataclasses.replace(config, seed=config.seed + 1), 10, 12)
+        for (name, x), y, z in zip(a.state_dict().items(), b.state_dict().values(), other.state_dict().values()):
             assert torch.equal(x, y), name
+            assert not x.any() or not torch.equal(x, z), name  # the seed draws the weights (zeros aside)
     assert isinstance(build_model(CONFIGS[0], 3, 3), BPRMF) and isinstance(build_model(CONFIGS[1], 3, 3), LightGCN)
     assert isinstance(build_model(CONFIGS[2], 3, 3), MultVAE)
 
