@@ -43,7 +43,6 @@ from ccd.locking import LockTimeoutError, file_lock
 log = logging.getLogger(__name__)
 
 DEFAULT_RUN_KEY = "default"
-STATUSES = ("running", "done", "failed")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stages (
     block INTEGER NOT NULL,
@@ -100,7 +99,6 @@ def run_stage(
     stage: str,
     fn: StageFn,
     run_key: str = DEFAULT_RUN_KEY,
-    force: bool = False,
 ) -> dict[str, Any]:
     """Run `fn` as stage `stage` of `block` unless the ledger says it is done; return its outputs.
 
@@ -117,8 +115,6 @@ def run_stage(
         (paths and datetimes become strings).
     run_key : str
         Which run of the pipeline this belongs to; "default" unless retraining.
-    force : bool
-        Run `fn` again even if the stage is done under this key (overwrites its record).
 
     Returns
     -------
@@ -134,7 +130,7 @@ def run_stage(
     _check_key(block, stage, run_key)
     with file_lock(home, _lock_name(block, stage, run_key), timeout=None, remove=True):
         record = get(home, block, stage, run_key)
-        if record is not None and record.status == "done" and not force:
+        if record is not None and record.status == "done":
             log.info("block %d stage %s (%s): done at %s, skipped", block, stage, run_key, record.finished_at)
             return record.outputs or {}
         _start(home, block, stage, run_key)

@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 SELECT_METRIC = "recall@20"  # spec: selection by the block's valid Recall@20
 SELECTION = "selection"  # a validator's own selection score, when it gives one
 
-Callback = Callable[[int, dict[str, Any]], None]
 # model -> valid metrics; selection on `SELECTION` if present, else on `SELECT_METRIC`.
 Validator = Callable[[Recommender], dict[str, float]]
 
@@ -148,7 +147,6 @@ def train(
     *,
     seed: int | None = None,
     exclude_negatives: np.ndarray | None = None,
-    callback: Callback | None = None,
     progress: bool = True,
     extension: Extension | None = None,
     validator: Validator | None = None,
@@ -168,9 +166,6 @@ def train(
         Seed of the batches, negatives and model noise; default `model.config.seed`.
     exclude_negatives : np.ndarray, shape (E, 2), optional
         Extra (user, item) pairs never drawn as negatives, on top of `data.seen_train`.
-    callback : callable, optional
-        `callback(epoch, record)` after every epoch, record = {"epoch", "loss", "seconds",
-        "cpu_seconds", "valid" (metrics, on evaluated epochs)}.
     progress : bool
         Show a tqdm bar over epochs on stderr.
     extension : Extension, optional
@@ -224,8 +219,6 @@ def train(
             bar.set_postfix(loss=f"{mean_loss:.4f}", score=f"{score:.4f}", best=best.epoch)
         history.append(record)
         log.info("%s epoch %d: %s", model.kind, epoch, record)
-        if callback is not None:
-            callback(epoch, record)
         if stale >= config.patience and epoch >= config.min_epochs:
             break
     bar.close()

@@ -16,7 +16,7 @@ from ccd import stages
 from ccd.cli import main
 from ccd.config import LakeConfig
 from ccd.home import Home
-from ccd.errors import BadInputError, BlockOrderError, CcdError, ValidationFailedError
+from ccd.errors import BadInputError, BlockOrderError, ValidationFailedError
 from ccd.lake import catalog, ingest, store
 from ccd.lake.ingest import ingest_block
 from tests.conftest import make_block

@@ -82,7 +82,7 @@ def test_a_stage_killed_midway_stays_running_and_is_run_again(home, monkeypatch)
     assert stages.get(home, 0, "ingest").attempts == 2
 
 
-def test_run_keys_keep_earlier_results_and_force_reruns(home):
+def test_run_keys_keep_earlier_results(home):
     default, retrain = Counter({"v": 1}), Counter({"v": 2})
     stages.run_stage(home, 1, "distill", default)
     assert stages.run_stage(home, 1, "distill", retrain, run_key="retrain-1") == {"v": 2}
@@ -91,10 +91,8 @@ def test_run_keys_keep_earlier_results_and_force_reruns(home):
     assert stages.done_outputs(home, 1, "distill", ("retrain-9", "default")) == {"v": 1}
     assert stages.done_outputs(home, 1, "teacher") is None
     assert [r.run_key for r in stages.list_stages(home, run_key="retrain-1")] == ["retrain-1"]
-
-    default.outputs = {"v": 3}
-    assert stages.run_stage(home, 1, "distill", default, force=True) == {"v": 3}
-    assert default.calls == 2 and stages.get(home, 1, "distill").attempts == 2
+    assert stages.run_stage(home, 1, "distill", default) == {"v": 1}  # done: not run again
+    assert default.calls == 1 and stages.get(home, 1, "distill").attempts == 1
 
 
 def test_bad_names_and_outputs_are_refused(home):

@@ -95,13 +95,13 @@ def check_shared_teacher(home: Home, run_key: str, config: RunConfig, trained_by
     for other in (key for key in trained_by if key != run_key):
         theirs = read_pin(home, other)
         if theirs is not None:
-            _refuse_other_teacher(home, run_key, other, differing(wanted, theirs, SHARED_TEACHER_SECTIONS), "was trained")
+            _refuse_other_teacher(run_key, other, differing(wanted, theirs, SHARED_TEACHER_SECTIONS), "was trained")
     claim = {"run_key": run_key, **{section: wanted[section] for section in SHARED_TEACHER_SECTIONS}}
     path = shared_teacher_claim_path(home)
     atomic.write_once(path, (json.dumps(claim, indent=2, sort_keys=True) + "\n").encode())
     claimed = json.loads(path.read_text(encoding="utf-8"))
     if claimed["run_key"] != run_key:
-        _refuse_other_teacher(home, run_key, claimed["run_key"], differing(wanted, claimed, SHARED_TEACHER_SECTIONS),
+        _refuse_other_teacher(run_key, claimed["run_key"], differing(wanted, claimed, SHARED_TEACHER_SECTIONS),
                               f"was started (claim: {path})")
 
 
@@ -110,7 +110,7 @@ def shared_teacher_claim_path(home: Home) -> Path:
     return home.root / "runs" / "block=0-teacher.json"
 
 
-def _refuse_other_teacher(home: Home, run_key: str, other: str, changed: str, how: str) -> None:
+def _refuse_other_teacher(run_key: str, other: str, changed: str, how: str) -> None:
     if changed:
         raise BadInputError(
             f"block 0's teacher in this home {how} by run key {other!r} with other settings "

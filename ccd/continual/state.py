@@ -90,9 +90,6 @@ class Layout:
         """`path` relative to the home folder (`Home.relative`)."""
         return self.home.relative(path)
 
-    def absolute(self, relative: str) -> Path:
-        return self.home.root / relative
-
     def base(self) -> "Layout":
         """The layout of the shared block 0 under the same run key."""
         return Layout(self.home, BASE, self.run_key)

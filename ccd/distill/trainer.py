@@ -226,7 +226,7 @@ class Distiller:
             t_users, t_items = self.teacher_users, self.teacher_items
             de = de_user(user_rep[users], t_users[users], self.tau, batch.generator).sum()
             de_items = sum(de_item(item_rep[i], t_items[i], self.tau, batch.generator).sum() for i in (pos, neg))
-            total = total + c.lambda_de * (de + 0.5 * de_items)
+            total = total + c.lambda_de * (de + 0.5 * de_items)  # the paper's L_DE: items weigh half (specs/derrd.md)
         if "rrd" in self.terms:
             rrd_users = self._rrd_users(users, len(batch.users))
             scores = _pair_scores(user_rep[rrd_users], item_rep, self.interesting[rrd_users], self.uninteresting[rrd_users])

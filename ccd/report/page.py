@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ccd.report.collect import METRIC, DashboardData, Series
+from ccd.report.collect import LATENCY_BATCH, LATENCY_K, LATENCY_REPEATS, METRIC, DashboardData, Series
 
 # Validation status -> badge colour; the blocks plot colours its bars the same. Here, not in
 # `plots`, so that the page can be imported without loading matplotlib.
@@ -149,16 +149,16 @@ def _latest(series: Series) -> dict[str, Any]:
 
 def _models_section(data: DashboardData, plot: Path | None) -> str:
     rows = [{**v, "status_html": _status(v), "h": v["metrics"].get("h_" + METRIC), "r": v["metrics"].get(METRIC),
-             "lat1": (v["latency"] or {}).get("p50_ms_1_user"), "latb": (v["latency"] or {}).get("ms_256_users")}
+             "lat1": (v["latency"] or {}).get("p50_ms_1_user"), "latb": (v["latency"] or {}).get(f"ms_{LATENCY_BATCH}_users")}
             for v in data.versions]
     table = _table(rows, [
         ("name", "name", None), ("version", "version", None), ("block", "block", None), ("method", "method", None),
         ("created", "created_at", _when), ("parameters", "n_params", lambda v: f"{v:,}"), ("H " + METRIC, "h", _num), (METRIC, "r", _num),
-        ("ms, 1 user (p50)", "lat1", lambda v: _num(v, 3)), ("ms, 256 users", "latb", lambda v: _num(v, 3)),
+        ("ms, 1 user (p50)", "lat1", lambda v: _num(v, 3)), (f"ms, {LATENCY_BATCH} users", "latb", lambda v: _num(v, 3)),
         ("status", "status_html", str),  # already HTML: badges
     ], "No registered models yet.", current=lambda r: "production" in r["aliases"])
-    note = ("<p class=\"muted\">Latency: top-20 over all items on this machine's CPU, timed when the "
-            "dashboard was written (median of 50 one-user calls; one call for 256 users).</p>") \
+    note = (f"<p class=\"muted\">Latency: top-{LATENCY_K} over all items on this machine's CPU, timed when the "
+            f"dashboard was written (median of {LATENCY_REPEATS} one-user calls; one call for {LATENCY_BATCH} users).</p>") \
         if any(v["latency"] for v in data.versions) else ""
     return _section("Models: size and scoring latency", _image(plot, "model sizes and latencies") + note + table)
 

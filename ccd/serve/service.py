@@ -178,10 +178,6 @@ class RecommendService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @property
-    def snapshot(self) -> Snapshot | None:
-        return self._snapshot
-
     def require(self) -> Snapshot:
         """The current snapshot; `NoModelError` (HTTP 503) when there is none."""
         snapshot = self._snapshot
