@@ -30,7 +30,7 @@ class LakeConfig:
     test_fraction: float = 0.1
     valid_fraction: float = 0.1
     # A user needs this many interactions in a block before valid/test are carved out;
-    # below it everything goes to train (one train item at least must remain).
+    # below it everything goes to train (one train item at least must remain; at least 3).
     min_user_interactions_for_split: int = 3
     # Duplicate (user, item) pairs inside a block: drop them and report, or reject the block.
     duplicate_policy: Literal["drop", "reject"] = "drop"
@@ -462,10 +462,11 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 
 # Ranges of numeric settings given by the user (defaults are in range): none is negative but
 # these; these must be above zero (a size, a count of steps, a rate, a temperature); these are
-# shares in [0, 1]. Checked here, so a bad value is one line before anything runs.
+# shares in [0, 1]; these have a floor of their own. Checked here, so a bad value is one line
+# before anything runs.
 _MAY_BE_NEGATIVE = {"continual.graph_min_similarity"}
 _ABOVE_ZERO = {
-    "lake.row_count_warn_ratio",
+    "lake.row_count_warn_ratio", "sample.base_user_share", "sample.base_item_share", "sample.returning_share",
     "sample.n_blocks", "sample.n_users", "sample.n_items", "sample.n_topics", "sample.dim", "sample.temperature",
     "sample.base_days", "sample.block_days", "sample.min_interactions",
     "train.lr", "train.batch_size", "train.user_batch_size", "train.max_epochs", "train.eval_every", "train.patience",
@@ -485,6 +486,11 @@ _SHARES = {
     "sample.base_user_share", "sample.base_item_share", "sample.returning_share",
     "continual.stability_weight", "continual.plasticity_weight",
 }
+_AT_LEAST = {
+    "lake.row_count_warn_ratio": 1,  # a band [1/ratio, ratio] around the mean
+    "lake.min_user_interactions_for_split": 3,  # one train, one valid and one test item
+    "sample.n_blocks": 2,  # a base block and at least one that arrives later
+}
 
 
 def _check_range(where: str, value: float) -> None:
@@ -494,6 +500,8 @@ def _check_range(where: str, value: float) -> None:
         raise BadInputError(f"config {where} must be above 0, got {value!r}")
     if where in _SHARES and not 0 <= value <= 1:
         raise BadInputError(f"config {where} must be between 0 and 1, got {value!r}")
+    if value < _AT_LEAST.get(where, value):
+        raise BadInputError(f"config {where} must be at least {_AT_LEAST[where]}, got {value!r}")
     if where not in _MAY_BE_NEGATIVE and value < 0:
         raise BadInputError(f"config {where} must not be negative, got {value!r}")
 

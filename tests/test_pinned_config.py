@@ -143,6 +143,10 @@ def test_runs_starting_at_once_pin_once_and_all_go_on(tmp_path, monkeypatch):
     ("train.patience=0", "train.patience must be above 0, got 0"),
     ("train.lr=Infinity", "train.lr must be a finite number, got inf"),
     ("train.weight_decay=NaN", "train.weight_decay must be a finite number, got nan"),
+    ("lake.row_count_warn_ratio=0.5", "lake.row_count_warn_ratio must be at least 1, got 0.5"),
+    ("lake.min_user_interactions_for_split=2", "lake.min_user_interactions_for_split must be at least 3, got 2"),
+    ("sample.n_blocks=1", "sample.n_blocks must be at least 2, got 1"),
+    ("sample.returning_share=0", "sample.returning_share must be above 0, got 0.0"),
 ])
 def test_numeric_settings_out_of_range_are_one_clear_error(item, message):
     """A value of the right type but out of range is refused before anything runs, not met as
