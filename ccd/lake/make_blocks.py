@@ -189,7 +189,7 @@ def kcore_filter(frame: pd.DataFrame, k: int, single_pass: bool = False) -> pd.D
             return frame
 
 
-def cut_blocks(frame: pd.DataFrame, n_blocks: int = 5, base_fraction: float = 0.5) -> list[pd.DataFrame]:
+def cut_blocks(frame: pd.DataFrame, n_blocks: int, base_fraction: float) -> list[pd.DataFrame]:
     """Split a time-sorted frame into a base block and `n_blocks` equal-count blocks.
 
     Returns `n_blocks + 1` frames; block 0 has `round(base_fraction * N)` rows (at least 1 and
