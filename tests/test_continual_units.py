@@ -20,6 +20,7 @@ from ccd.continual.lwckd import LwcKd, contrastive_kd_loss, imitation_weights, l
 from ccd.continual.replay import ReplayLoss, ReplaySet, top_items
 from ccd.continual.state import Layout
 from ccd.continual.student_update import make_proxies, same_tables, update_student
+from ccd.continual import teacher_update
 from ccd.continual.teacher_update import update_member
 from ccd.continual.updates import ProxyReplay, clone
 from ccd.data import BlockData
@@ -257,7 +258,7 @@ def test_student_update_learns_the_block_and_keeps_old_knowledge():
     assert validate(model, b1, split="test")["recall@20"] > 0.3  # and the new one is learned
 
 
-def test_teacher_update_collaborative_and_vae_members():
+def test_teacher_update_collaborative_and_vae_members(monkeypatch):
     b0, b1 = tiny_stream(2)
     config = tiny_config(lwckd_anchors=16)
     member = trained(LightGCNConfig(dim=8, layers=2, seed=0), b0, config)
@@ -271,6 +272,10 @@ def test_teacher_update_collaborative_and_vae_members():
     assert validate(updated, b1, split="test")["recall@20"] > 0.3 and result.epochs_run == 4
     plain, _ = update_member(member, b1, b0.train, config, None, collaborative=False, progress=False)
     assert not torch.equal(plain.user_emb, updated.user_emb)
+    built = []
+    monkeypatch.setattr(teacher_update, "LwcKd", lambda *args: built.append(args) or LwcKd(*args))
+    no_term, _ = update_member(member, b1, b0.train, tiny_config(lwckd_anchors=16, lwckd_weight=0.0), None, progress=False)
+    assert built == [] and torch.equal(no_term.user_emb, plain.user_emb)  # LWC-KD at weight 0: not even built
 
     vae = trained(VAEConfig(dim=4, hidden=16, seed=0), b0, config)
     vae_next, _ = update_member(vae, b1, b0.train, config, [(stability, 2)], progress=False)

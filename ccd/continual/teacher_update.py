@@ -102,7 +102,8 @@ def update_member(
     parts: list[Extension] = []
     negatives = [] if protected is None else [protected]
     if collaborative:
-        parts.append(LwcKd(model, member, previous_train, data.train, c))
+        if c.lwckd_weight > 0:  # at 0 its graphs and softmaxes would be built for no gradient
+            parts.append(LwcKd(model, member, previous_train, data.train, c))
         sources = [(m.to(device).eval(), n) for m, n in (sources or []) if n > 0]
         if sources:
             recent = recent_items(data, previous_train, device)
