@@ -306,6 +306,11 @@ class ContinualConfig:
     # baseline's members, so CCD's teacher is KD's and only its student path (stage 1, stage 4
     # from CL_k) differs: an ablation of what the collaborative terms do to the teacher.
     teacher_update: Literal["collaborative", "plain"] = "collaborative"
+    # Whether CCD's members keep the exclusion lists (the previous teacher's and the sources'
+    # top `exclude_top` items of each old user are never their BPR negatives). False leaves
+    # them to the student's update and stage 4 only: on Gowalla the lists alone made the members
+    # drift as fast as the lists with LWC-KD (docs/benchmarks.md).
+    teacher_exclusion_lists: bool = True
     # LWC-KD (spec 2.4): weight of UI+IU+UU+II against the loop's mean BPR loss (the spec does
     # not say whether its BPR is summed; against a sum of 2048 terms 0.01 would vanish; under
     # train.decay_on="all" the loop steps on sums, and this ratio to BPR is kept),

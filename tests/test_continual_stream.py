@@ -374,11 +374,16 @@ def test_reports_of_one_run_key_are_written_one_at_a_time(ccd_home, tmp_path, mo
     assert (home.reports / "stream" / "ccd" / "metrics.json").stat().st_mtime_ns >= released
 
 
-def test_a_plain_teacher_update_gives_ccd_the_kd_baselines_members(ccd_home, tmp_path):
-    """`continual.teacher_update=plain`: CCD's members update with BPR alone, so from the same
-    start and seed they are KD's, weight for weight (the ablation isolating CCD's student path)."""
+@pytest.mark.parametrize("settings", [
+    ["continual.teacher_update=plain"],
+    ["continual.lwckd_weight=0", "continual.teacher_replay_weight=0", "continual.teacher_exclusion_lists=false"],
+])
+def test_a_plain_teacher_update_gives_ccd_the_kd_baselines_members(ccd_home, tmp_path, settings):
+    """`continual.teacher_update=plain`, or every collaborative term off (the exclusion lists
+    too, the previous teacher's included): CCD's members update with BPR alone, so from the
+    same start and seed they are KD's, weight for weight."""
     home = copy_home(ccd_home, tmp_path)
-    config = RunConfig.load(None, [*TINY, "continual.teacher_update=plain"])
+    config = RunConfig.load(None, [*TINY, *settings])
     weights = []
     for method in ("ccd", "kd"):
         run = Run(home, method, config, run_key="plain", progress=False)

@@ -276,6 +276,13 @@ def test_teacher_update_collaborative_and_vae_members(monkeypatch):
     monkeypatch.setattr(teacher_update, "LwcKd", lambda *args: built.append(args) or LwcKd(*args))
     no_term, _ = update_member(member, b1, b0.train, tiny_config(lwckd_anchors=16, lwckd_weight=0.0), None, progress=False)
     assert built == [] and torch.equal(no_term.user_emb, plain.user_emb)  # LWC-KD at weight 0: not even built
+    no_lists = tiny_config(lwckd_anchors=16, lwckd_weight=0.0, teacher_replay_weight=0.0, teacher_exclusion_lists=False)
+    sources = [(stability, 2), (cl, 2)]
+    unlisted, _ = update_member(member, b1, b0.train, no_lists, sources, progress=False)
+    assert torch.equal(unlisted.user_emb, plain.user_emb)  # the sources' lists were the only difference left
+    listed, _ = update_member(member, b1, b0.train, tiny_config(lwckd_anchors=16, lwckd_weight=0.0, teacher_replay_weight=0.0),
+                              sources, progress=False)
+    assert not torch.equal(listed.user_emb, plain.user_emb)
 
     vae = trained(VAEConfig(dim=4, hidden=16, seed=0), b0, config)
     vae_next, _ = update_member(vae, b1, b0.train, config, [(stability, 2)], progress=False)

@@ -105,7 +105,7 @@ def update_member(
         if c.lwckd_weight > 0:  # at 0 its graphs and softmaxes would be built for no gradient
             parts.append(LwcKd(model, member, previous_train, data.train, c))
         sources = [(m.to(device).eval(), n) for m, n in (sources or []) if n > 0]
-        if sources:
+        if sources and (c.teacher_replay_weight > 0 or c.teacher_exclusion_lists):
             recent = recent_items(data, previous_train, device)
             old_users = np.arange(member.n_users)
             replayed = replay_users(old_users, data, c.teacher_replay_users)
@@ -114,7 +114,8 @@ def update_member(
                 steps = steps_per_epoch(len(data.train), settings)
                 parts.append(ReplayLoss(model, lambda epoch: replay.draw(seed + epoch), steps, c.teacher_replay_weight,
                                         c.teacher_replay_temperature, c.replay_resample_every, seed, c.teacher_replay_form))
-            negatives.append(replay.exclusion_pairs(cap(c.exclude_top, data.n_items)))
+            if c.teacher_exclusion_lists:
+                negatives.append(replay.exclusion_pairs(cap(c.exclude_top, data.n_items)))
     extension = Extensions(parts) if parts else None
     exclude = np.concatenate(negatives) if negatives else None
     result = train(model, data, settings, seed=seed, exclude_negatives=exclude, progress=progress, extension=extension)
