@@ -471,8 +471,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 # before anything runs.
 _MAY_BE_NEGATIVE = {"continual.graph_min_similarity"}
 _ABOVE_ZERO = {
-    "lake.row_count_warn_ratio", "sample.base_user_share", "sample.base_item_share", "sample.returning_share",
-    "sample.n_blocks", "sample.n_users", "sample.n_items", "sample.n_topics", "sample.dim", "sample.temperature",
+    "sample.base_user_share", "sample.base_item_share", "sample.returning_share",
+    "sample.n_users", "sample.n_items", "sample.n_topics", "sample.dim", "sample.temperature",
     "sample.base_days", "sample.block_days", "sample.min_interactions",
     "train.lr", "train.batch_size", "train.user_batch_size", "train.max_epochs", "train.eval_every", "train.patience",
     "train.eval_batch_users",

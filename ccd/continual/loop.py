@@ -428,8 +428,7 @@ def member_stage(run: Run, block: int, name: str, collaborative: bool) -> dict[s
         if not same_tables(stability, plasticity):  # at block 1 P = S = D_0
             sources.append((plasticity, c.teacher_plasticity_samples))
         sources.append((run.load(update["updated_student"]), c.teacher_student_samples))
-    lists = collaborative and c.teacher_exclusion_lists  # KD: plain BPR, no exclusion lists
-    protected = run.protected(block, data) if lists else None
+    protected = run.protected(block, data) if collaborative else None  # KD: plain BPR, no exclusion lists
     model, result = update_member(previous, data, run.data(block - 1).train, run.config, sources, collaborative,
                                   protected, block_seed(previous.config.seed, block), run.progress)
     return {"path": run.save(model, run.layout, block, f"{TEACHER}-{name}", result), "train": _brief(result)}

@@ -83,7 +83,8 @@ def update_member(
     collaborative : bool
         Add LWC-KD and replay; False gives plain BPR fine-tuning (the KD baseline).
     protected : np.ndarray, shape (E, 2), optional
-        Extra pairs never drawn as BPR negatives (the previous teacher's top lists).
+        Extra pairs never drawn as BPR negatives (the previous teacher's top lists), unless
+        `continual.teacher_exclusion_lists` is off.
     seed : int
 
     Returns
@@ -100,12 +101,13 @@ def update_member(
         model.set_interactions(data.seen_train)
         return model, result
     parts: list[Extension] = []
-    negatives = [] if protected is None else [protected]
+    lists = collaborative and c.teacher_exclusion_lists  # the previous teacher's and the sources'
+    negatives = [protected] if lists and protected is not None else []
     if collaborative:
         if c.lwckd_weight > 0:  # at 0 its graphs and softmaxes would be built for no gradient
             parts.append(LwcKd(model, member, previous_train, data.train, c))
         sources = [(m.to(device).eval(), n) for m, n in (sources or []) if n > 0]
-        if sources and (c.teacher_replay_weight > 0 or c.teacher_exclusion_lists):
+        if sources and (c.teacher_replay_weight > 0 or lists):
             recent = recent_items(data, previous_train, device)
             old_users = np.arange(member.n_users)
             replayed = replay_users(old_users, data, c.teacher_replay_users)
@@ -114,7 +116,7 @@ def update_member(
                 steps = steps_per_epoch(len(data.train), settings)
                 parts.append(ReplayLoss(model, lambda epoch: replay.draw(seed + epoch), steps, c.teacher_replay_weight,
                                         c.teacher_replay_temperature, c.replay_resample_every, seed, c.teacher_replay_form))
-            if c.teacher_exclusion_lists:
+            if lists:
                 negatives.append(replay.exclusion_pairs(cap(c.exclude_top, data.n_items)))
     extension = Extensions(parts) if parts else None
     exclude = np.concatenate(negatives) if negatives else None
