@@ -305,7 +305,12 @@ class ContinualConfig:
     # and CL_k, and the exclusion lists (spec 2.4). "plain": BPR fine-tuning alone, as the KD
     # baseline's members, so CCD's teacher is KD's and only its student path (stage 1, stage 4
     # from CL_k) differs: an ablation of what the collaborative terms do to the teacher.
-    teacher_update: Literal["collaborative", "plain"] = "collaborative"
+    # "anchored": each member keeps a BPR-only state from block to block (its anchor, KD's
+    # member), and the member served and distilled from at block k is a collaborative update of
+    # the anchor after k-1. The terms then shape every block's lists while their cost to the
+    # members (on Gowalla a drift that compounds) is never carried to the next block; the
+    # anchors' updates cost about a fifth of the collaborative ones.
+    teacher_update: Literal["collaborative", "plain", "anchored"] = "collaborative"
     # Whether CCD's members keep the exclusion lists (the previous teacher's and the sources'
     # top `exclude_top` items of each old user are never their BPR negatives). False leaves
     # them to the student's update and stage 4 only: on Gowalla the lists alone made the members

@@ -45,7 +45,8 @@ def check_options(until: str, method: str = "ccd") -> None:
 def block_plan(block: int, method: str, config: RunConfig, until: str = UNTIL[-1]) -> list[tuple[str, ...]]:
     """The loop's stages of one block (`ccd.continual.loop.block_plan`) up to `until`; stages of
     one group (the teacher members) run side by side."""
-    groups = loop.block_plan(block, method, [name for name, _ in parse_members(config.teacher)])
+    members = [name for name, _ in parse_members(config.teacher)]
+    groups = loop.block_plan(block, method, members, loop.anchored(method, config))
     return groups if until == "register" else [group for group in groups if group != ("register",)]
 
 

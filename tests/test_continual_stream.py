@@ -391,3 +391,34 @@ def test_a_plain_teacher_update_gives_ccd_the_kd_baselines_members(ccd_home, tmp
         weights.append(run.load(work()["path"]).state_dict())
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_anchored_members_start_from_bpr_only_anchors_that_are_kds_members(ccd_home, tmp_path, monkeypatch):
+    """`continual.teacher_update=anchored`: each block's anchors are KD's members weight for
+    weight, and the served member of block k is a collaborative update of the anchor after k-1
+    (block 1's, from the base member, is the collaborative run's own)."""
+    home = copy_home(ccd_home, tmp_path)
+    starts = []  # (collaborative, start weights) of every member update
+    update = loop.update_member
+
+    def recorded(member, data, previous_train, config, sources=None, collaborative=True, *args, **kwargs):
+        starts.append((collaborative, member.state_dict()))
+        return update(member, data, previous_train, config, sources, collaborative, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "update_member", recorded)
+    anchored = RunConfig.load(None, [*TINY, "continual.teacher_update=anchored"])
+    run_stream(home, "ccd", anchored, last_block=2, run_key="anchored", from_block=1, progress=False)
+    run_stream(home, "kd", RunConfig.load(None, TINY), last_block=2, run_key="kd", from_block=1, progress=False)
+    ccd, kd = Run(home, "ccd", anchored, "anchored", False), Run(home, "kd", RunConfig.load(None, TINY), "kd", False)
+    default = Run(home, "ccd", RunConfig.load(None, TINY), progress=False)
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    for name in ccd.members:
+        for block in (1, 2):
+            assert same(ccd.load(ccd.member_state(block, name)).state_dict(), kd.load(kd.member_path(block, name)).state_dict())
+        assert same(ccd.load(ccd.member_path(1, name)).state_dict(), default.load(default.member_path(1, name)).state_dict())
+        assert not same(ccd.load(ccd.member_path(2, name)).state_dict(), default.load(default.member_path(2, name)).state_dict())
+    anchor_1 = [ccd.load(ccd.member_state(1, name)).state_dict() for name in ccd.members]
+    collaborative_starts = [weights for collaborative, weights in starts if collaborative]
+    assert len(collaborative_starts) == 2 * len(ccd.members)  # blocks 1 and 2 of the anchored run
+    assert all(same(start, anchor) for start, anchor in zip(collaborative_starts[len(ccd.members):], anchor_1))
+    assert ("student-update", *(f"anchor-{name}" for name in ccd.members)) == loop.block_plan(2, "ccd", ccd.members, True)[0]

@@ -7,7 +7,8 @@ them, distill the first student D_0, evaluate. Then, for each later block k, by 
 
 - ccd: (1) update the student D_{k-1} with proxy-guided replay -> CL_k (`student_update`);
   (2) update every teacher member with LWC-KD and replay from S, P and CL_k (`teacher_update`;
-  with `continual.teacher_update = "plain"`, BPR alone, as KD's);
+  with `continual.teacher_update = "plain"`, BPR alone, as KD's; with "anchored", from the
+  member's anchor, a BPR-only state carried from block to block and updated first);
   (3) ensemble the members and write their top-K lists to the lake; (4) distill the student
   D_k from them (`distill_stage`); evaluate; register D_k and propose it through the
   registry's gate.
@@ -71,6 +72,7 @@ from ccd.train import TrainResult, Validator, pick_device
 log = logging.getLogger(__name__)
 StreamCallback = Callable[[str, dict[str, Any]], None]
 STUDENT = "student"
+ANCHOR = "anchor"  # the BPR-only member states of `continual.teacher_update = "anchored"`
 TEACHER_METHODS = ("ccd", "kd")  # methods that keep a teacher after block 0
 
 
@@ -200,7 +202,15 @@ class Run:
         return self.outputs(self.layout, block, "distill" if self.method in TEACHER_METHODS else STUDENT)["path"]
 
     def member_path(self, block: int, name: str) -> str:
+        """Member `name` as served after `block` (in the ensemble that taught the student)."""
         return self.outputs(self.base if block == 0 else self.layout, block, f"{TEACHER}-{name}")["path"]
+
+    def member_state(self, block: int, name: str) -> str:
+        """The state of member `name` after `block` that block + 1 updates: the served member,
+        or under "anchored" its anchor (block 0's member is both)."""
+        if block > 0 and anchored(self.method, self.config):
+            return self.outputs(self.layout, block, f"{ANCHOR}-{name}")["path"]
+        return self.member_path(block, name)
 
     def topk_dir(self, block: int) -> str:
         return self.outputs(self.base if block == 0 else self.layout, block, "ensemble")["topk_dir"]
@@ -308,7 +318,12 @@ def first_block(home: Home, method: str, run_key: str) -> int:
     return min(blocks, default=0)
 
 
-def block_plan(block: int, method: str, members: list[str]) -> list[tuple[str, ...]]:
+def anchored(method: str, config: RunConfig) -> bool:
+    """Whether `method`'s members update from anchors (`continual.teacher_update = "anchored"`)."""
+    return method == "ccd" and config.continual.teacher_update == "anchored"
+
+
+def block_plan(block: int, method: str, members: list[str], anchored: bool = False) -> list[tuple[str, ...]]:
     """The stages of one block for `method`, in order, as groups of stages that do not depend on
     each other (the teacher members): `run_block` runs them one after another, the flows side
     by side. Stage names are the ledger's without the method, e.g. "teacher-bpr-0".
@@ -316,13 +331,15 @@ def block_plan(block: int, method: str, members: list[str]) -> list[tuple[str, .
     Block 0 (every method, shared): members, ensemble, the first student D_0, evaluation. A CCD
     block k: student update, members, ensemble, distillation of D_k, evaluation. KD: the same
     without the student update. The other baselines: one student stage, evaluation. CCD then
-    registers the block's student.
+    registers the block's student. An `anchored` CCD block updates the members' anchors beside
+    the student, before the members that start from them.
     """
     teachers = tuple(f"{TEACHER}-{name}" for name in members)
     if block == 0:
         groups = [teachers, ("ensemble",), (STUDENT,), ("evaluate",)]
     elif method == "ccd":
-        groups = [("student-update",), teachers, ("ensemble",), ("distill",), ("evaluate",)]
+        first = ("student-update", *(f"{ANCHOR}-{name}" for name in members)) if anchored else ("student-update",)
+        groups = [first, teachers, ("ensemble",), ("distill",), ("evaluate",)]
     elif method == "kd":
         groups = [teachers, ("ensemble",), ("distill",), ("evaluate",)]
     else:
@@ -343,6 +360,8 @@ def ledger_name(block: int, stage: str, method: str) -> str:
 def stage_work(run: Run, block: int, stage: str) -> tuple[Layout, Callable[[], dict[str, Any]]]:
     """The function of `stage` (a `block_plan` name) of `block`, and the layout it is recorded under."""
     member = stage.removeprefix(f"{TEACHER}-")
+    if stage.startswith(f"{ANCHOR}-"):
+        return run.layout, lambda: anchor_stage(run, block, stage.removeprefix(f"{ANCHOR}-"))
     if on_base(block, stage):
         base = {
             "ensemble": lambda: base_ensemble_stage(run),
@@ -358,13 +377,13 @@ def stage_work(run: Run, block: int, stage: str) -> tuple[Layout, Callable[[], d
         "evaluate": lambda: evaluate_stage(run, block),
         "register": lambda: register_stage(run, block),
     }
-    collaborative = run.method == "ccd" and run.config.continual.teacher_update == "collaborative"
+    collaborative = run.method == "ccd" and run.config.continual.teacher_update != "plain"
     return run.layout, later.get(stage, lambda: member_stage(run, block, member, collaborative))
 
 
 def run_block(run: Run, block: int) -> None:
     """Every stage of one block for `run.method`, in order (done stages are skipped)."""
-    for group in block_plan(block, run.method, run.members):
+    for group in block_plan(block, run.method, run.members, anchored(run.method, run.config)):
         for stage in group:
             layout, work = stage_work(run, block, stage)
             run.stage(layout, block, stage, work)
@@ -419,7 +438,7 @@ def student_update_stage(run: Run, block: int) -> dict[str, Any]:
 def member_stage(run: Run, block: int, name: str, collaborative: bool) -> dict[str, Any]:
     """Member `name` after block k, from its state after k-1 (CCD: with LWC-KD and replay)."""
     c, data = run.config.continual, run.data(block)
-    previous = run.load(run.member_path(block - 1, name))
+    previous = run.load(run.member_state(block - 1, name))
     sources = None
     if collaborative:
         update = run.outputs(run.layout, block, "student-update")
@@ -432,6 +451,16 @@ def member_stage(run: Run, block: int, name: str, collaborative: bool) -> dict[s
     model, result = update_member(previous, data, run.data(block - 1).train, run.config, sources, collaborative,
                                   protected, block_seed(previous.config.seed, block), run.progress)
     return {"path": run.save(model, run.layout, block, f"{TEACHER}-{name}", result), "train": _brief(result)}
+
+
+def anchor_stage(run: Run, block: int, name: str) -> dict[str, Any]:
+    """Member `name`'s anchor after block k: its anchor after k-1 fine-tuned with BPR alone, as
+    KD's member (same start, same seed), so the collaborative terms never compound."""
+    data = run.data(block)
+    previous = run.load(run.member_state(block - 1, name))
+    model, result = update_member(previous, data, run.data(block - 1).train, run.config, collaborative=False,
+                                  seed=block_seed(previous.config.seed, block), progress=run.progress)
+    return {"path": run.save(model, run.layout, block, f"{ANCHOR}-{name}", result), "train": _brief(result)}
 
 
 def ensemble_stage(run: Run, block: int) -> dict[str, Any]:

@@ -61,6 +61,9 @@ def test_block_plans_follow_the_loop_with_members_side_by_side():
     assert block_plan(2, "ccd", TWO) == [("student-update",), members, ("ensemble",), ("distill",), ("evaluate",), ("register",)]
     assert block_plan(2, "ccd", TWO, until="evaluate")[-1] == ("evaluate",)
     assert block_plan(2, "kd", TWO) == [members, ("ensemble",), ("distill",), ("evaluate",)]
+    anchored = RunConfig.from_dict({"teacher": {"members": ["bpr:8x2"]}, "continual": {"teacher_update": "anchored"}})
+    assert block_plan(2, "ccd", anchored)[:2] == [("student-update", "anchor-bpr-0", "anchor-bpr-1"), members]
+    assert block_plan(2, "kd", anchored) == block_plan(2, "kd", TWO)
     assert block_plan(2, "retrain", TWO) == [("student",), ("evaluate",)]
     # ledger names as `ccd stream` records them: block 0 is the shared "base" run
     assert [ledger_name(0, s, "ccd") for s in ("teacher-bpr-0", "student", "register")] == ["base-teacher-bpr-0", "base-student", "ccd-register"]
