@@ -323,7 +323,7 @@ def anchored(method: str, config: RunConfig) -> bool:
     return method == "ccd" and config.continual.teacher_update == "anchored"
 
 
-def block_plan(block: int, method: str, members: list[str], anchored: bool = False) -> list[tuple[str, ...]]:
+def block_plan(block: int, method: str, members: list[str], with_anchors: bool = False) -> list[tuple[str, ...]]:
     """The stages of one block for `method`, in order, as groups of stages that do not depend on
     each other (the teacher members): `run_block` runs them one after another, the flows side
     by side. Stage names are the ledger's without the method, e.g. "teacher-bpr-0".
@@ -331,14 +331,14 @@ def block_plan(block: int, method: str, members: list[str], anchored: bool = Fal
     Block 0 (every method, shared): members, ensemble, the first student D_0, evaluation. A CCD
     block k: student update, members, ensemble, distillation of D_k, evaluation. KD: the same
     without the student update. The other baselines: one student stage, evaluation. CCD then
-    registers the block's student. An `anchored` CCD block updates the members' anchors beside
-    the student, before the members that start from them.
+    registers the block's student. `with_anchors` (`anchored`): a CCD block also updates the
+    members' anchors, beside the student's update and before the members that start from them.
     """
     teachers = tuple(f"{TEACHER}-{name}" for name in members)
     if block == 0:
         groups = [teachers, ("ensemble",), (STUDENT,), ("evaluate",)]
     elif method == "ccd":
-        first = ("student-update", *(f"{ANCHOR}-{name}" for name in members)) if anchored else ("student-update",)
+        first = ("student-update", *(f"{ANCHOR}-{name}" for name in members)) if with_anchors else ("student-update",)
         groups = [first, teachers, ("ensemble",), ("distill",), ("evaluate",)]
     elif method == "kd":
         groups = [teachers, ("ensemble",), ("distill",), ("evaluate",)]
