@@ -422,3 +422,7 @@ def test_anchored_members_start_from_bpr_only_anchors_that_are_kds_members(ccd_h
     assert len(collaborative_starts) == 2 * len(ccd.members)  # blocks 1 and 2 of the anchored run
     assert all(same(start, anchor) for start, anchor in zip(collaborative_starts[len(ccd.members):], anchor_1))
     assert ("student-update", *(f"anchor-{name}" for name in ccd.members)) == loop.block_plan(2, "ccd", ccd.members, True)[0]
+    # a retrain that switches to anchored members mid-stream has no anchor to start from: refused before any work
+    with pytest.raises(CcdError, match="ccd-anchor-.* of block 1 has not finished"):
+        run_stream(home, "ccd", anchored, last_block=2, run_key="switched", from_block=2, progress=False)
+    assert not list_stages(home, run_key="switched")
