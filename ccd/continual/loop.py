@@ -302,8 +302,9 @@ def run_stream(
         raise BadInputError(f"blocks {from_block}..{last} are not in the lake (ingested: 0..{blocks[-1]})")
     run = Run(home, method, config, run_key, progress, callback)
     _evaluations(run, from_block - 1)  # the blocks before the start must be done: fail before any work
-    for name in run.members if from_block > 1 and anchored(method, config) else []:
-        run.member_state(from_block - 1, name)  # and the anchors the members start from
+    if from_block > 1 and anchored(method, config):  # and the anchors its members start from
+        for name in run.members:
+            run.member_state(from_block - 1, name)
     for block in range(from_block, last + 1):
         run_block(run, block)
     return write_report(run, last)
