@@ -364,7 +364,7 @@ def stage_work(run: Run, block: int, stage: str) -> tuple[Layout, Callable[[], d
     """The function of `stage` (a `block_plan` name) of `block`, and the layout it is recorded under."""
     member = stage.removeprefix(f"{TEACHER}-")
     if stage.startswith(f"{ANCHOR}-"):
-        return run.layout, lambda: anchor_stage(run, block, stage.removeprefix(f"{ANCHOR}-"))
+        return run.layout, lambda: member_stage(run, block, stage.removeprefix(f"{ANCHOR}-"), False, ANCHOR)
     if on_base(block, stage):
         base = {
             "ensemble": lambda: base_ensemble_stage(run),
@@ -438,8 +438,10 @@ def student_update_stage(run: Run, block: int) -> dict[str, Any]:
     }
 
 
-def member_stage(run: Run, block: int, name: str, collaborative: bool) -> dict[str, Any]:
-    """Member `name` after block k, from its state after k-1 (CCD: with LWC-KD and replay)."""
+def member_stage(run: Run, block: int, name: str, collaborative: bool, role: str = TEACHER) -> dict[str, Any]:
+    """Member `name` after block k, from its state after k-1 (CCD: with LWC-KD and replay), saved
+    as `<role>-<name>`. An anchor (`role = ANCHOR`) is its anchor after k-1 fine-tuned with BPR
+    alone, as KD's member (same start, same seed), so the collaborative terms never compound."""
     c, data = run.config.continual, run.data(block)
     previous = run.load(run.member_state(block - 1, name))
     sources = None
@@ -453,17 +455,7 @@ def member_stage(run: Run, block: int, name: str, collaborative: bool) -> dict[s
     protected = run.protected(block, data) if collaborative else None  # KD: plain BPR, no exclusion lists
     model, result = update_member(previous, data, run.data(block - 1).train, run.config, sources, collaborative,
                                   protected, block_seed(previous.config.seed, block), run.progress)
-    return {"path": run.save(model, run.layout, block, f"{TEACHER}-{name}", result), "train": _brief(result)}
-
-
-def anchor_stage(run: Run, block: int, name: str) -> dict[str, Any]:
-    """Member `name`'s anchor after block k: its anchor after k-1 fine-tuned with BPR alone, as
-    KD's member (same start, same seed), so the collaborative terms never compound."""
-    data = run.data(block)
-    previous = run.load(run.member_state(block - 1, name))
-    model, result = update_member(previous, data, run.data(block - 1).train, run.config, collaborative=False,
-                                  seed=block_seed(previous.config.seed, block), progress=run.progress)
-    return {"path": run.save(model, run.layout, block, f"{ANCHOR}-{name}", result), "train": _brief(result)}
+    return {"path": run.save(model, run.layout, block, f"{role}-{name}", result), "train": _brief(result)}
 
 
 def ensemble_stage(run: Run, block: int) -> dict[str, Any]:
