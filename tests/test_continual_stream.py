@@ -426,3 +426,12 @@ def test_anchored_members_start_from_bpr_only_anchors_that_are_kds_members(ccd_h
     with pytest.raises(CcdError, match="ccd-anchor-.* of block 1 has not finished"):
         run_stream(home, "ccd", anchored, last_block=2, run_key="switched", from_block=2, progress=False)
     assert not list_stages(home, run_key="switched")
+
+
+@pytest.mark.parametrize("bad", [["--set", "continual.teacher_update=bogus"], ["--blocks", "0"]])
+def test_bad_stream_settings_fail_in_one_line_before_the_home_is_made(tmp_path, capsys, bad):
+    home = tmp_path / "home"
+    assert main(["stream", "--data", str(SAMPLE), "--method", "ccd", "--home", str(home), *bad]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and "Traceback" not in err
+    assert not home.exists()

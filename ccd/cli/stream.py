@@ -36,10 +36,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    home = home_of(args)
-    config = run_settings(home, args.run_key, RunConfig.named(args.config, args.overrides))
+    named = RunConfig.named(args.config, args.overrides)  # bad settings fail before the home is created
     if args.blocks is not None and args.blocks < 1:
         raise BadInputError(f"--blocks must be >= 1, got {args.blocks}")
+    home = home_of(args)
+    config = run_settings(home, args.run_key, named)
     if args.data is not None:
         for block, path in block_files(args.data):
             if args.blocks is None or block < args.blocks:
