@@ -316,6 +316,11 @@ class ContinualConfig:
     # them to the student's update and stage 4 only: on Gowalla the lists alone made the members
     # drift as fast as the lists with LWC-KD (docs/benchmarks.md).
     teacher_exclusion_lists: bool = True
+    # Whether those lists include the proxies' (S_{k-1}, P_{k-1}) top items, or only the previous
+    # teacher's and CL_k's. The proxies blend students of past blocks (sw = 0.9 keeps mostly the
+    # oldest), so their lists hold each old user's stale tastes, and the members may never push
+    # those down, whatever the new block says.
+    teacher_exclusion_proxies: bool = True
     # LWC-KD (spec 2.4): weight of UI+IU+UU+II against the loop's mean BPR loss (the spec does
     # not say whether its BPR is summed; against a sum of 2048 terms 0.01 would vanish; under
     # train.decay_on="all" the loop steps on sums, and this ratio to BPR is kept),

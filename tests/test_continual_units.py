@@ -283,6 +283,12 @@ def test_teacher_update_collaborative_and_vae_members(monkeypatch):
     listed, _ = update_member(member, b1, b0.train, tiny_config(lwckd_anchors=16, lwckd_weight=0.0, teacher_replay_weight=0.0),
                               sources, progress=False)
     assert not torch.equal(listed.user_emb, plain.user_emb)
+    # Without the proxies' lists only CL_k's (and the previous teacher's) remain.
+    no_proxies = tiny_config(lwckd_anchors=16, lwckd_weight=0.0, teacher_replay_weight=0.0, teacher_exclusion_proxies=False)
+    student_only, _ = update_member(member, b1, b0.train, no_proxies, sources, progress=False)
+    cl_listed, _ = update_member(member, b1, b0.train, tiny_config(lwckd_anchors=16, lwckd_weight=0.0, teacher_replay_weight=0.0),
+                                 [(cl, 2)], progress=False)
+    assert torch.equal(student_only.user_emb, cl_listed.user_emb) and not torch.equal(student_only.user_emb, listed.user_emb)
 
     vae = trained(VAEConfig(dim=4, hidden=16, seed=0), b0, config)
     vae_next, _ = update_member(vae, b1, b0.train, config, [(stability, 2)], progress=False)
@@ -314,6 +320,12 @@ def test_teacher_replay_form_and_weight_zero(monkeypatch):
     bpr, _ = update_member(member, b1, b0.train, tiny_config(teacher_replay_form="bpr"), sources, progress=False)
     assert not torch.equal(bce.item_emb, bpr.item_emb)
     assert validate(bpr, b1, split="test")["recall@20"] > 0.3
+    # With the replay on and the proxies' lists off, the lists come from the last source (CL_k).
+    calls = []
+    real = ProxyReplay.exclusion_pairs
+    monkeypatch.setattr(ProxyReplay, "exclusion_pairs", lambda self, k, which=None: calls.append(which) or real(self, k, which))
+    update_member(member, b1, b0.train, tiny_config(teacher_exclusion_proxies=False), sources + sources, progress=False)
+    assert calls == [[1]]
     # At weight 0 the sources give only the exclusion lists: nothing is ever drawn.
     monkeypatch.setattr("ccd.continual.updates.ProxyReplay.draw", lambda *a: pytest.fail("drew a replay set"))
     update_member(member, b1, b0.train, tiny_config(teacher_replay_weight=0.0), sources, progress=False)

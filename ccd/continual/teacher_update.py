@@ -79,7 +79,7 @@ def update_member(
         Block k-1's training pairs (LWC-KD's candidates and positives; never replayed).
     config : RunConfig
     sources : list of (model, samples per user), optional
-        Replay sources: S_{k-1}, P_{k-1} (from block 2 on) and CL_k.
+        Replay sources: S_{k-1}, P_{k-1} (from block 2 on) and CL_k, in that order.
     collaborative : bool
         Add LWC-KD and replay; False gives plain BPR fine-tuning (the KD baseline).
     protected : np.ndarray, shape (E, 2), optional
@@ -107,6 +107,8 @@ def update_member(
         if c.lwckd_weight > 0:  # at 0 its graphs and softmaxes would be built for no gradient
             parts.append(LwcKd(model, member, previous_train, data.train, c))
         sources = [(m.to(device).eval(), n) for m, n in (sources or []) if n > 0]
+        if lists and not c.teacher_exclusion_proxies and c.teacher_replay_weight == 0:
+            sources = sources[-1:]  # CL_k alone: the proxies would be ranked for nothing
         if sources and (c.teacher_replay_weight > 0 or lists):
             recent = recent_items(data, previous_train, device)
             old_users = np.arange(member.n_users)
@@ -117,7 +119,8 @@ def update_member(
                 parts.append(ReplayLoss(model, lambda epoch: replay.draw(seed + epoch), steps, c.teacher_replay_weight,
                                         c.teacher_replay_temperature, c.replay_resample_every, seed, c.teacher_replay_form))
             if lists:
-                negatives.append(replay.exclusion_pairs(cap(c.exclude_top, data.n_items)))
+                listed = None if c.teacher_exclusion_proxies else [len(sources) - 1]  # CL_k, the last source
+                negatives.append(replay.exclusion_pairs(cap(c.exclude_top, data.n_items), listed))
     extension = Extensions(parts) if parts else None
     exclude = np.concatenate(negatives) if negatives else None
     result = train(model, data, settings, seed=seed, exclude_negatives=exclude, progress=progress, extension=extension)

@@ -88,6 +88,8 @@ class ProxyReplay:
         """A replay set: the union of each source's draws; a pair drawn twice keeps its larger label."""
         return draw_replay(self.reference.score, self.drawn, self.eps, seed, self.batch_users, self.reference.device)
 
-    def exclusion_pairs(self, k: int) -> np.ndarray:
-        """Every user's first `k` items under each source, shape (E, 2), never BPR negatives."""
-        return np.concatenate([tops.pairs(k) for tops, _ in self.tops])
+    def exclusion_pairs(self, k: int, sources: list[int] | None = None) -> np.ndarray:
+        """Every user's first `k` items under each source (or those at the indices `sources`),
+        shape (E, 2), never BPR negatives."""
+        picked = self.tops if sources is None else [self.tops[i] for i in sources]
+        return np.concatenate([tops.pairs(k) for tops, _ in picked])
