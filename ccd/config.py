@@ -358,6 +358,9 @@ class ContinualConfig:
     # block's teacher lists (which RRD pulls up) nor, for CCD, under S_{k-1}, P_{k-1} and CL_k
     # (spec 2.2's exclusion lists). Runs pinned before this setting keep uniform negatives.
     kd_exclude_top: bool = True
+    # Whether CCD's stage-4 lists include S_{k-1}'s and P_{k-1}'s top items, or only the teacher
+    # lists' and CL_k's (see `teacher_exclusion_proxies`: the proxies' lists are the stalest).
+    kd_exclusion_proxies: bool = True
     # Stage 4's seed (batches, negatives, sampled sets) is `distill.seed` combined with the block
     # (`loop.block_seed`), as every other training of the loop, so no two blocks' distillations
     # repeat one draw sequence. Runs pinned before this setting keep `distill.seed` at every block.

@@ -21,10 +21,11 @@ import torch
 from ccd.cli import main
 from ccd.config import RunConfig
 from ccd.continual import loop
-from ccd.continual.exclusion import cap, list_pairs
+from ccd.continual.exclusion import cap, list_pairs, top_pairs
 from ccd.continual.loop import Run, block_seed, run_stream
 from ccd.ensemble import USER_TOPK, read_topk
 from ccd.errors import CcdError
+from ccd.evaluate import UserItemCSR
 from ccd.home import Home
 from ccd.locking import file_lock
 from ccd.registry import get, list_decisions, list_versions
@@ -320,6 +321,11 @@ def test_stage_4_never_draws_the_teachers_or_ccds_sources_top_items_as_negatives
     assert run.kd_negatives(2, settings=legacy.config.continual) is None  # a benchmark's --set overrides the pin
     fewer = run.kd_negatives(2, settings=dataclasses.replace(run.config.continual, exclude_top=1))
     assert 0 < len(fewer) < len(negatives)  # ...exclude_top included
+    no_proxies = run.kd_negatives(2, settings=dataclasses.replace(run.config.continual, kd_exclusion_proxies=False))
+    updated = run.load(run.outputs(run.layout, 2, "student-update")["updated_student"]).eval()
+    fresh = UserItemCSR.from_pairs(run.data(2).train, run.data(2).n_users)
+    student = top_pairs(updated.score, np.arange(old), cap(10, run.data(2).n_items), fresh, 64)
+    assert set(map(tuple, no_proxies)) == teacher | set(map(tuple, student)) < pairs  # the teacher's and CL_k's lists alone
 
 
 def test_stage_4_draws_with_a_seed_of_its_block_unless_pinned_before(ccd_home, tmp_path, monkeypatch):

@@ -231,7 +231,8 @@ class Run:
                      settings: ContinualConfig | None = None) -> np.ndarray | None:
         """Pairs stage 4's BPR never draws as negatives (spec 2.2's exclusion lists): each old
         user's top items in block k's teacher lists (`topk_dir`, default this run's), which RRD
-        pulls up, and for CCD under S_{k-1}, P_{k-1} and CL_k, block k's train items left out.
+        pulls up, and for CCD under S_{k-1}, P_{k-1} (unless `continual.kd_exclusion_proxies` is
+        off) and CL_k, block k's train items left out.
         None at block 0, which has no old users, and when `continual.kd_exclude_top` is off in
         `settings` (default this run's; a benchmark re-distilling under other settings passes its own)."""
         c, data = settings or self.config.continual, self.data(block)
@@ -244,8 +245,13 @@ class Run:
             update = self.outputs(self.layout, block, "student-update")
             fresh = UserItemCSR.from_pairs(data.train, data.n_users, self.device)
             stability, plasticity, updated = (self.load(update[name]).eval() for name in ("proxy_s", "proxy_p", "updated_student"))
-            sources = [stability, updated] if same_tables(stability, plasticity) else [stability, plasticity, updated]
-            for model in sources:  # P = S at block 1: ranked once
+            if not c.kd_exclusion_proxies:
+                sources = [updated]
+            elif same_tables(stability, plasticity):  # P = S at block 1: ranked once
+                sources = [stability, updated]
+            else:
+                sources = [stability, plasticity, updated]
+            for model in sources:
                 pairs.append(top_pairs(model.score, old_users, k, fresh, self.config.train.eval_batch_users, self.device))
         return np.concatenate(pairs)
 
