@@ -24,6 +24,12 @@ import torch
 
 from ccd.config import TrainConfig
 
+# The papers' protocol ranks at 20: every model is selected, gated, compared and reported on
+# Recall@20 and NDCG@20, and those names are the keys of every stored metric.
+CUTOFF = 20
+RECALL, NDCG = f"recall@{CUTOFF}", f"ndcg@{CUTOFF}"
+SPLIT_METRICS = [f"{split}_{metric}" for split in ("valid", "test") for metric in (RECALL, NDCG)]  # report columns
+
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # users LongTensor (B,) -> scores (B, n_items)
 PairScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # users (B,), items (B, C) -> (B, C)
 
@@ -267,7 +273,7 @@ def harmonic(a: float, b: float) -> float:
 
 def continual_summaries(
     results: Mapping[tuple[int, int], Mapping[str, float]],
-    metrics: Sequence[str] = ("recall@20", "ndcg@20"),
+    metrics: Sequence[str] = (RECALL, NDCG),
     upto: int | None = None,
     with_base_block: bool = True,
 ) -> dict[str, dict[str, float]]:

@@ -38,7 +38,7 @@ from ccd.config import BEFORE_ADDED, RunConfig, TrainConfig
 from ccd.data import BlockData
 from ccd.ensemble import Ensemble, write_topk
 from ccd.errors import BadInputError
-from ccd.evaluate import rank_metrics
+from ccd.evaluate import CUTOFF, NDCG, RECALL, rank_metrics
 from ccd.home import Home
 from ccd.lake.store import load_block_data
 from ccd.locking import file_lock
@@ -109,7 +109,7 @@ def train_teacher(
 def _write_lists(ensemble: Ensemble, data: BlockData, out_dir: Path, config: RunConfig, device: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ensemble's report row (valid/test Recall@20, NDCG@20) and its top-K lists, written to `out_dir`."""
     batch, k = config.train.eval_batch_users, config.teacher.top_k
-    evaluate = lambda truth: rank_metrics(ensemble.score, truth, data.seen_train, data.n_items, ks=(20,), batch_users=batch, device=device)
+    evaluate = lambda truth: rank_metrics(ensemble.score, truth, data.seen_train, data.n_items, ks=(CUTOFF,), batch_users=batch, device=device)
     row = {
         "member": TEACHER,
         "kind": "ensemble",
@@ -217,7 +217,7 @@ def _train_member(name: str, model_config: Any, data: BlockData, config: RunConf
 
 
 def _metrics(valid: dict[str, float], test: dict[str, float]) -> dict[str, float | None]:
-    return {f"{split}_{m}": scores.get(m) for split, scores in (("valid", valid), ("test", test)) for m in ("recall@20", "ndcg@20")}
+    return {f"{split}_{m}": scores.get(m) for split, scores in (("valid", valid), ("test", test)) for m in (RECALL, NDCG)}
 
 
 def _fingerprint(data: BlockData, config: RunConfig) -> str:

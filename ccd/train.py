@@ -28,11 +28,11 @@ from tqdm import tqdm
 from ccd.config import TrainConfig
 from ccd.data import BlockData
 from ccd.errors import TrainingError
-from ccd.evaluate import rank_metrics
+from ccd.evaluate import RECALL, rank_metrics
 from ccd.models import Batch, Recommender
 
 log = logging.getLogger(__name__)
-SELECT_METRIC = "recall@20"  # spec: selection by the block's valid Recall@20
+SELECT_METRIC = RECALL  # spec: selection by the block's valid Recall@20
 SELECTION = "selection"  # a validator's own selection score, when it gives one
 
 # model -> valid metrics; selection on `SELECTION` if present, else on `SELECT_METRIC`.

@@ -33,6 +33,7 @@ from ccd import atomic, registry, stages
 from ccd.config import LakeConfig, RunConfig
 from ccd.continual import loop
 from ccd.continual.loop import Run
+from ccd.evaluate import NDCG, RECALL
 from ccd.home import Home
 from ccd.lake import catalog
 from ccd.lake.ingest import ingest_block
@@ -45,7 +46,7 @@ from ccd.stages import DEFAULT_RUN_KEY, run_stage
 IO_RETRIES = 3
 IO_RETRY_DELAYS = [5, 30, 120]
 TRANSIENT = (OSError, duckdb.IOException, LockTimeoutError)
-METRIC_COLUMNS = ["model", "after_block", "recall@20", "ndcg@20", "LA", "RA", "H", "H_ndcg@20", "params"]
+METRIC_COLUMNS = ["model", "after_block", RECALL, NDCG, "LA", "RA", "H", f"H_{NDCG}", "params"]
 
 
 def transient(task, task_run, state) -> bool:

@@ -10,8 +10,9 @@ from ccd.cli.common import add_command, config_of, emit, home_of, show_progress,
 from ccd.distill.run import distill_stored
 from ccd.distill.trainer import METHODS
 from ccd.errors import BadInputError
+from ccd.evaluate import RECALL, SPLIT_METRICS
 
-COLUMNS = ["model", "kind", "dim", "params", "valid_recall@20", "valid_ndcg@20", "test_recall@20", "test_ndcg@20", "latency_ms"]
+COLUMNS = ["model", "kind", "dim", "params", *SPLIT_METRICS, "latency_ms"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -51,6 +52,6 @@ def _human(report: dict) -> str:
     return "\n".join([
         f"block {report['block']}: {report['method']} student, best epoch {report['train']['best_epoch']} of {report['train']['epochs']}",
         table(rows, COLUMNS),
-        f"student / teacher: params {share('params')}, latency {share('latency')}, test Recall@20 {share('test_recall@20')}",
+        f"student / teacher: params {share('params')}, latency {share('latency')}, test Recall@20 {share(f'test_{RECALL}')}",
         f"saved to {report['saved']}",
     ])

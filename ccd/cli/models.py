@@ -7,10 +7,10 @@ import dataclasses
 
 from ccd.cli.common import add_command, config_of, emit, home_of, show_progress, table
 from ccd.errors import BadInputError
+from ccd.evaluate import SPLIT_METRICS
 from ccd.teacher import train_teacher
 
-COLUMNS = ["member", "kind", "params", "status", "best_epoch", "epochs", "s_per_epoch",
-           "valid_recall@20", "valid_ndcg@20", "test_recall@20", "test_ndcg@20"]
+COLUMNS = ["member", "kind", "params", "status", "best_epoch", "epochs", "s_per_epoch", *SPLIT_METRICS]
 
 
 def register(commands: argparse._SubParsersAction) -> None:

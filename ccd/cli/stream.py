@@ -17,6 +17,7 @@ from ccd.continual.loop import first_block, run_stream
 from ccd.continual.pinned_config import run_settings
 from ccd.continual.state import METHODS
 from ccd.errors import BadInputError
+from ccd.evaluate import NDCG, RECALL
 from ccd.lake.ingest import block_files, ingest_block
 from ccd.stages import DEFAULT_RUN_KEY
 
@@ -68,14 +69,14 @@ def _human(result: dict[str, Any]) -> str:
         own = teachers.get(row["block"])
         rows.append({
             "block": row["block"],
-            "student_r@20": row["recall@20"],
-            "student_n@20": row["ndcg@20"],
-            "LA": summary.get("recall@20", {}).get("LA"),
-            "RA": summary.get("recall@20", {}).get("RA"),
-            "H": summary.get("recall@20", {}).get("H"),
-            "H_ndcg": summary.get("ndcg@20", {}).get("H"),
-            "teacher_r@20": own["recall@20"] if own else None,
-            "teacher_H": (own["summary"] or {}).get("recall@20", {}).get("H") if own else None,
+            "student_r@20": row[RECALL],
+            "student_n@20": row[NDCG],
+            "LA": summary.get(RECALL, {}).get("LA"),
+            "RA": summary.get(RECALL, {}).get("RA"),
+            "H": summary.get(RECALL, {}).get("H"),
+            "H_ndcg": summary.get(NDCG, {}).get("H"),
+            "teacher_r@20": own[RECALL] if own else None,
+            "teacher_H": (own["summary"] or {}).get(RECALL, {}).get("H") if own else None,
         })
     params = f"student {student['params']:,} parameters" + (f", teacher {teacher['params']:,}" if teacher else "")
     lines = [f"{result['method']} over blocks 0..{result['blocks'][-1]} (run key {result['run_key']}; {params})",

@@ -18,10 +18,9 @@ import numpy as np
 
 from ccd.config import TrainConfig
 from ccd.atomic import write_with
-from ccd.evaluate import ScoreFn, continual_summaries, first_counted_block, rank_metrics
+from ccd.evaluate import CUTOFF, NDCG, RECALL, ScoreFn, continual_summaries, first_counted_block, rank_metrics
 
-CUTOFF = 20
-METRICS = (f"recall@{CUTOFF}", f"ndcg@{CUTOFF}")
+METRICS = (RECALL, NDCG)
 
 
 def evaluate_block(

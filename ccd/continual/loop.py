@@ -57,7 +57,7 @@ from ccd.continual.teacher_update import update_member
 from ccd.data import BlockData
 from ccd.ensemble import USER_TOPK, Ensemble, StoredTopK, read_topk, write_topk
 from ccd.errors import BadInputError, CcdError
-from ccd.evaluate import UserItemCSR, first_counted_block
+from ccd.evaluate import NDCG, RECALL, UserItemCSR, first_counted_block
 from ccd.home import Home, keep_matplotlib_cache_in
 from ccd.lake import catalog
 from ccd.lake.store import load_block_data
@@ -540,11 +540,11 @@ def metrics_table(run: Run, block: int) -> list[dict[str, Any]]:
             continue
         matrix = [row for e in evaluations for row in e[side]]
         for summary in evaluation.summaries(matrix, run.config.continual.with_base_block):
-            recall = (summary["summary"] or {}).get("recall@20") or {}
-            ndcg = (summary["summary"] or {}).get("ndcg@20") or {}
+            recall = (summary["summary"] or {}).get(RECALL) or {}
+            ndcg = (summary["summary"] or {}).get(NDCG) or {}
             rows.append({
-                "model": side, "after_block": summary["block"], "recall@20": summary["recall@20"], "ndcg@20": summary["ndcg@20"],
-                "LA": recall.get("LA"), "RA": recall.get("RA"), "H": recall.get("H"), "H_ndcg@20": ndcg.get("H"),
+                "model": side, "after_block": summary["block"], RECALL: summary[RECALL], NDCG: summary[NDCG],
+                "LA": recall.get("LA"), "RA": recall.get("RA"), "H": recall.get("H"), f"H_{NDCG}": ndcg.get("H"),
                 "params": evaluations[-1][f"{side}_params"] if summary["block"] == block else None,
             })
     return rows

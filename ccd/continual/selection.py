@@ -22,7 +22,7 @@ import numpy as np
 
 from ccd.config import ContinualConfig, TrainConfig
 from ccd.data import BlockData
-from ccd.evaluate import harmonic, rank_metrics
+from ccd.evaluate import CUTOFF, RECALL, harmonic, rank_metrics
 from ccd.models import Recommender
 from ccd.train import SELECTION, Validator
 
@@ -54,10 +54,10 @@ class StreamValidation:
         data, seen = self.data, self.data.seen_train
         metrics = rank_metrics(model.score, data.valid, seen, data.n_items, batch_users=self.batch_users, device=model.device)
         earlier = fmean(
-            rank_metrics(model.score, pairs, seen, data.n_items, ks=(20,), batch_users=self.batch_users, device=model.device)["recall@20"]
+            rank_metrics(model.score, pairs, seen, data.n_items, ks=(CUTOFF,), batch_users=self.batch_users, device=model.device)[RECALL]
             for pairs in self.earlier_valid.values()
         )
-        return {**metrics, EARLIER: earlier, SELECTION: harmonic(metrics["recall@20"], earlier)}
+        return {**metrics, EARLIER: earlier, SELECTION: harmonic(metrics[RECALL], earlier)}
 
 
 def stream_validator(config: ContinualConfig, earlier_valid: Mapping[int, np.ndarray], data: BlockData,

@@ -20,7 +20,7 @@ import torch
 
 from ccd.config import TrainConfig
 from ccd.data import BlockData
-from ccd.evaluate import ScoreFn, UserItemCSR, rank_metrics
+from ccd.evaluate import CUTOFF, NDCG, RECALL, ScoreFn, UserItemCSR, rank_metrics
 
 # Timed all-user passes: the best of up to this many, stopping once this many seconds are spent.
 TIMING_REPEATS = 3
@@ -78,8 +78,8 @@ def describe(
     """Valid/test Recall@20 and NDCG@20, parameter count and all-user latency of one scorer."""
     row: dict[str, Any] = {"params": int(params)}
     for split in ("valid", "test"):
-        metrics = rank_metrics(score_fn, getattr(data, split), data.seen_train, data.n_items, ks=(20,), batch_users=batch_users, device=device)
-        row[f"{split}_recall@20"], row[f"{split}_ndcg@20"] = metrics["recall@20"], metrics["ndcg@20"]
+        metrics = rank_metrics(score_fn, getattr(data, split), data.seen_train, data.n_items, ks=(CUTOFF,), batch_users=batch_users, device=device)
+        row[f"{split}_{RECALL}"], row[f"{split}_{NDCG}"] = metrics[RECALL], metrics[NDCG]
     row["latency_ms"] = scoring_latency_ms(score_fn, data.n_users, data.seen_train, 20, batch_users, device)
     return row
 
@@ -87,4 +87,4 @@ def describe(
 def ratios(student: dict[str, Any], teacher: dict[str, Any]) -> dict[str, float | None]:
     """Student / teacher for parameters, latency and test Recall@20 (None when the teacher's is 0)."""
     share = lambda key: student[key] / teacher[key] if teacher[key] else None
-    return {"params": share("params"), "latency": share("latency_ms"), "test_recall@20": share("test_recall@20")}
+    return {"params": share("params"), "latency": share("latency_ms"), f"test_{RECALL}": share(f"test_{RECALL}")}

@@ -27,12 +27,13 @@ import torch
 from ccd import registry
 from ccd.config import ServingConfig
 from ccd.errors import CcdError
+from ccd.evaluate import RECALL
 from ccd.home import Home
 from ccd.lake import catalog
 from ccd.models import Recommender, io
 from ccd.registry import ModelVersion
 
-METRIC = "recall@20"
+METRIC = RECALL
 # Timing: repeats of a one-user request (the serving path), the users of one batch call, and
 # the list length asked for (serving's default k).
 LATENCY_REPEATS = 50
