@@ -317,9 +317,9 @@ class ContinualConfig:
     # drift as fast as the lists with LWC-KD (docs/benchmarks.md).
     teacher_exclusion_lists: bool = True
     # Whether those lists include the proxies' (S_{k-1}, P_{k-1}) top items, or only the previous
-    # teacher's and CL_k's. The proxies blend students of past blocks (sw = 0.9 keeps mostly the
-    # oldest), so their lists hold each old user's stale tastes, and the members may never push
-    # those down, whatever the new block says.
+    # teacher's and CL_k's (if CL_k replays: at 0 samples a source gives no list). S blends the
+    # students of past blocks (`stability_weight` 0.9 keeps mostly the oldest), so its lists
+    # hold each old user's older tastes, which the members may then never push down.
     teacher_exclusion_proxies: bool = True
     # LWC-KD (spec 2.4): weight of UI+IU+UU+II against the loop's mean BPR loss (the spec does
     # not say whether its BPR is summed; against a sum of 2048 terms 0.01 would vanish; under
@@ -359,7 +359,8 @@ class ContinualConfig:
     # (spec 2.2's exclusion lists). Runs pinned before this setting keep uniform negatives.
     kd_exclude_top: bool = True
     # Whether CCD's stage-4 lists include S_{k-1}'s and P_{k-1}'s top items, or only the teacher
-    # lists' and CL_k's (see `teacher_exclusion_proxies`: the proxies' lists are the stalest).
+    # lists' and CL_k's (see `teacher_exclusion_proxies`: S's lists are the stalest). Gowalla
+    # block 5: no difference beyond the seeds' spread (docs/benchmarks.md).
     kd_exclusion_proxies: bool = True
     # Stage 4's seed (batches, negatives, sampled sets) is `distill.seed` combined with the block
     # (`loop.block_seed`), as every other training of the loop, so no two blocks' distillations

@@ -28,7 +28,7 @@ from ccd.config import TrainConfig
 # Recall@20 and NDCG@20, and those names are the keys of every stored metric.
 CUTOFF = 20
 RECALL, NDCG = f"recall@{CUTOFF}", f"ndcg@{CUTOFF}"
-SPLIT_METRICS = [f"{split}_{metric}" for split in ("valid", "test") for metric in (RECALL, NDCG)]  # report columns
+SPLIT_METRICS = tuple(f"{split}_{metric}" for split in ("valid", "test") for metric in (RECALL, NDCG))  # report columns
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # users LongTensor (B,) -> scores (B, n_items)
 PairScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # users (B,), items (B, C) -> (B, C)
@@ -130,7 +130,7 @@ def rank_metrics(
     truth: np.ndarray,
     exclude: np.ndarray,
     n_items: int,
-    ks: Sequence[int] = (10, 20, 50),
+    ks: Sequence[int] = (10, CUTOFF, 50),
     batch_users: int = TrainConfig.eval_batch_users,
     device: torch.device | str | None = None,
 ) -> dict[str, float]:

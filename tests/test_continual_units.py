@@ -22,7 +22,7 @@ from ccd.continual.state import Layout
 from ccd.continual.student_update import make_proxies, same_tables, update_student
 from ccd.continual import teacher_update
 from ccd.continual.teacher_update import update_member
-from ccd.continual.updates import ProxyReplay, clone
+from ccd.continual.updates import ProxyReplay, clone, recent_items
 from ccd.data import BlockData
 from ccd.ensemble import write_topk
 from ccd.errors import BadInputError
@@ -283,7 +283,7 @@ def test_teacher_update_collaborative_and_vae_members(monkeypatch):
     listed, _ = update_member(member, b1, b0.train, tiny_config(lwckd_anchors=16, lwckd_weight=0.0, teacher_replay_weight=0.0),
                               sources, progress=False)
     assert not torch.equal(listed.user_emb, plain.user_emb)
-    # Without the proxies' lists only CL_k's (and the previous teacher's) remain.
+    # Without the proxies' lists only CL_k's remain (and the previous teacher's, passed as `protected`).
     no_proxies = tiny_config(lwckd_anchors=16, lwckd_weight=0.0, teacher_replay_weight=0.0, teacher_exclusion_proxies=False)
     student_only, _ = update_member(member, b1, b0.train, no_proxies, sources, progress=False)
     cl_listed, _ = update_member(member, b1, b0.train, tiny_config(lwckd_anchors=16, lwckd_weight=0.0, teacher_replay_weight=0.0),
@@ -320,12 +320,19 @@ def test_teacher_replay_form_and_weight_zero(monkeypatch):
     bpr, _ = update_member(member, b1, b0.train, tiny_config(teacher_replay_form="bpr"), sources, progress=False)
     assert not torch.equal(bce.item_emb, bpr.item_emb)
     assert validate(bpr, b1, split="test")["recall@20"] > 0.3
-    # With the replay on and the proxies' lists off, the lists come from the last source (CL_k).
-    calls = []
-    real = ProxyReplay.exclusion_pairs
-    monkeypatch.setattr(ProxyReplay, "exclusion_pairs", lambda self, k, which=None: calls.append(which) or real(self, k, which))
-    update_member(member, b1, b0.train, tiny_config(teacher_exclusion_proxies=False), sources + sources, progress=False)
-    assert calls == [[1]]
+    # With the replay on and the proxies' lists off, the lists are CL_k's (the last source) alone,
+    # and none when CL_k is left out at 0 samples.
+    cl = trained(BPRConfig(dim=4, seed=1), b0, tiny_config())
+    cl.grow(b1.n_users, b1.n_items, b1.train, "neighbour", 20)
+    listed, real = [], ProxyReplay.exclusion_pairs
+    monkeypatch.setattr(ProxyReplay, "exclusion_pairs", lambda *a: listed.append(real(*a)) or listed[-1])
+    no_proxies = tiny_config(teacher_exclusion_proxies=False)
+    update_member(member, b1, b0.train, no_proxies, [*sources, (cl, 2)], progress=False)
+    k = cap(no_proxies.continual.exclude_top, b1.n_items)
+    expected = top_pairs(cl.score, np.arange(b0.n_users), k, recent_items(b1, b0.train), 64)
+    assert set(map(tuple, listed[0].tolist())) == set(map(tuple, expected.tolist()))
+    update_member(member, b1, b0.train, no_proxies, [*sources, (cl, 0)], progress=False)
+    assert len(listed[1]) == 0
     # At weight 0 the sources give only the exclusion lists: nothing is ever drawn.
     monkeypatch.setattr("ccd.continual.updates.ProxyReplay.draw", lambda *a: pytest.fail("drew a replay set"))
     update_member(member, b1, b0.train, tiny_config(teacher_replay_weight=0.0), sources, progress=False)

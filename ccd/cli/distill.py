@@ -10,7 +10,7 @@ from ccd.cli.common import add_command, config_of, emit, home_of, show_progress,
 from ccd.distill.run import distill_stored
 from ccd.distill.trainer import METHODS
 from ccd.errors import BadInputError
-from ccd.evaluate import RECALL, SPLIT_METRICS
+from ccd.evaluate import CUTOFF, RECALL, SPLIT_METRICS
 
 COLUMNS = ["model", "kind", "dim", "params", *SPLIT_METRICS, "latency_ms"]
 
@@ -52,6 +52,6 @@ def _human(report: dict) -> str:
     return "\n".join([
         f"block {report['block']}: {report['method']} student, best epoch {report['train']['best_epoch']} of {report['train']['epochs']}",
         table(rows, COLUMNS),
-        f"student / teacher: params {share('params')}, latency {share('latency')}, test Recall@20 {share(f'test_{RECALL}')}",
+        f"student / teacher: params {share('params')}, latency {share('latency')}, test Recall@{CUTOFF} {share(f'test_{RECALL}')}",
         f"saved to {report['saved']}",
     ])

@@ -17,11 +17,11 @@ from ccd.continual.loop import first_block, run_stream
 from ccd.continual.pinned_config import run_settings
 from ccd.continual.state import METHODS
 from ccd.errors import BadInputError
-from ccd.evaluate import NDCG, RECALL
+from ccd.evaluate import CUTOFF, NDCG, RECALL
 from ccd.lake.ingest import block_files, ingest_block
 from ccd.stages import DEFAULT_RUN_KEY
 
-COLUMNS = ["block", "student_r@20", "student_n@20", "LA", "RA", "H", "H_ndcg", "teacher_r@20", "teacher_H"]
+COLUMNS = ["block", f"student_r@{CUTOFF}", f"student_n@{CUTOFF}", "LA", "RA", "H", "H_ndcg", f"teacher_r@{CUTOFF}", "teacher_H"]
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -69,13 +69,13 @@ def _human(result: dict[str, Any]) -> str:
         own = teachers.get(row["block"])
         rows.append({
             "block": row["block"],
-            "student_r@20": row[RECALL],
-            "student_n@20": row[NDCG],
+            f"student_r@{CUTOFF}": row[RECALL],
+            f"student_n@{CUTOFF}": row[NDCG],
             "LA": summary.get(RECALL, {}).get("LA"),
             "RA": summary.get(RECALL, {}).get("RA"),
             "H": summary.get(RECALL, {}).get("H"),
             "H_ndcg": summary.get(NDCG, {}).get("H"),
-            "teacher_r@20": own[RECALL] if own else None,
+            f"teacher_r@{CUTOFF}": own[RECALL] if own else None,
             "teacher_H": (own["summary"] or {}).get(RECALL, {}).get("H") if own else None,
         })
     params = f"student {student['params']:,} parameters" + (f", teacher {teacher['params']:,}" if teacher else "")

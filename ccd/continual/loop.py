@@ -244,13 +244,10 @@ class Run:
         if self.method == "ccd":
             update = self.outputs(self.layout, block, "student-update")
             fresh = UserItemCSR.from_pairs(data.train, data.n_users, self.device)
-            stability, plasticity, updated = (self.load(update[name]).eval() for name in ("proxy_s", "proxy_p", "updated_student"))
-            if not c.kd_exclusion_proxies:
-                sources = [updated]
-            elif same_tables(stability, plasticity):  # P = S at block 1: ranked once
-                sources = [stability, updated]
-            else:
-                sources = [stability, plasticity, updated]
+            names = ("proxy_s", "proxy_p", "updated_student") if c.kd_exclusion_proxies else ("updated_student",)
+            sources = [self.load(update[name]).eval() for name in names]
+            if len(sources) == 3 and same_tables(sources[0], sources[1]):  # P = S at block 1: ranked once
+                sources.pop(1)
             for model in sources:
                 pairs.append(top_pairs(model.score, old_users, k, fresh, self.config.train.eval_batch_users, self.device))
         return np.concatenate(pairs)

@@ -26,7 +26,7 @@ from ccd.evaluate import CUTOFF, RECALL, harmonic, rank_metrics
 from ccd.models import Recommender
 from ccd.train import SELECTION, Validator
 
-EARLIER = "earlier_recall@20"
+EARLIER = f"earlier_{RECALL}"
 
 
 class StreamValidation:

@@ -106,9 +106,11 @@ def update_member(
     if collaborative:
         if c.lwckd_weight > 0:  # at 0 its graphs and softmaxes would be built for no gradient
             parts.append(LwcKd(model, member, previous_train, data.train, c))
-        sources = [(m.to(device).eval(), n) for m, n in (sources or []) if n > 0]
+        given = sources or []
         if lists and not c.teacher_exclusion_proxies and c.teacher_replay_weight == 0:
-            sources = sources[-1:]  # CL_k alone: the proxies would be ranked for nothing
+            given = given[-1:]  # CL_k alone: the proxies would be ranked for nothing
+        sources = [(m.to(device).eval(), n) for m, n in given if n > 0]  # a source at 0 samples is left out
+        student_kept = bool(given) and given[-1][1] > 0  # CL_k comes last
         if sources and (c.teacher_replay_weight > 0 or lists):
             recent = recent_items(data, previous_train, device)
             old_users = np.arange(member.n_users)
@@ -119,7 +121,7 @@ def update_member(
                 parts.append(ReplayLoss(model, lambda epoch: replay.draw(seed + epoch), steps, c.teacher_replay_weight,
                                         c.teacher_replay_temperature, c.replay_resample_every, seed, c.teacher_replay_form))
             if lists:
-                listed = None if c.teacher_exclusion_proxies else [len(sources) - 1]  # CL_k, the last source
+                listed = None if c.teacher_exclusion_proxies else [len(sources) - 1] if student_kept else []
                 negatives.append(replay.exclusion_pairs(cap(c.exclude_top, data.n_items), listed))
     extension = Extensions(parts) if parts else None
     exclude = np.concatenate(negatives) if negatives else None

@@ -92,4 +92,4 @@ class ProxyReplay:
         """Every user's first `k` items under each source (or those at the indices `sources`),
         shape (E, 2), never BPR negatives."""
         picked = self.tops if sources is None else [self.tops[i] for i in sources]
-        return np.concatenate([tops.pairs(k) for tops, _ in picked])
+        return np.concatenate([tops.pairs(k) for tops, _ in picked] or [np.zeros((0, 2), np.int64)])

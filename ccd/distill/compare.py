@@ -80,7 +80,7 @@ def describe(
     for split in ("valid", "test"):
         metrics = rank_metrics(score_fn, getattr(data, split), data.seen_train, data.n_items, ks=(CUTOFF,), batch_users=batch_users, device=device)
         row[f"{split}_{RECALL}"], row[f"{split}_{NDCG}"] = metrics[RECALL], metrics[NDCG]
-    row["latency_ms"] = scoring_latency_ms(score_fn, data.n_users, data.seen_train, 20, batch_users, device)
+    row["latency_ms"] = scoring_latency_ms(score_fn, data.n_users, data.seen_train, CUTOFF, batch_users, device)
     return row
 
 
