@@ -347,7 +347,7 @@ def test_idle_teacher_replay_draws_only_for_old_users_without_new_pairs(monkeypa
     drawn, excluded = [], []
     real_draw, real_exclusion = ProxyReplay.draw, ProxyReplay.exclusion_pairs
     monkeypatch.setattr(ProxyReplay, "draw", lambda self, seed: drawn.append(real_draw(self, seed)) or drawn[-1])
-    monkeypatch.setattr(ProxyReplay, "exclusion_pairs", lambda self, k: excluded.append(real_exclusion(self, k)) or excluded[-1])
+    monkeypatch.setattr(ProxyReplay, "exclusion_pairs", lambda *a: excluded.append(real_exclusion(*a)) or excluded[-1])
     for which, users in (("old", np.arange(b0.n_users)), ("idle", idle)):
         drawn.clear()
         excluded.clear()
