@@ -244,13 +244,17 @@ class Run:
         if self.method == "ccd":
             update = self.outputs(self.layout, block, "student-update")
             fresh = UserItemCSR.from_pairs(data.train, data.n_users, self.device)
-            names = ("proxy_s", "proxy_p", "updated_student") if c.kd_exclusion_proxies else ("updated_student",)
-            sources = [self.load(update[name]).eval() for name in names]
-            if len(sources) == 3 and same_tables(sources[0], sources[1]):  # P = S at block 1: ranked once
-                sources.pop(1)
-            for model in sources:
+            proxies = self.proxies(block) if c.kd_exclusion_proxies else []
+            for model in [*proxies, self.load(update["updated_student"]).eval()]:
                 pairs.append(top_pairs(model.score, old_users, k, fresh, self.config.train.eval_batch_users, self.device))
         return np.concatenate(pairs)
+
+    def proxies(self, block: int) -> list[Recommender]:
+        """S_{k-1}, and P_{k-1} where it differs from S (at block 1 both are D_0): so no caller
+        ranks the same tables twice."""
+        update = self.outputs(self.layout, block, "student-update")
+        stability, plasticity = (self.load(update[name]).eval() for name in ("proxy_s", "proxy_p"))
+        return [stability] if same_tables(stability, plasticity) else [stability, plasticity]
 
     def seed(self, block: int) -> int:
         return block_seed(self.config.distill.seed, block)
@@ -450,10 +454,7 @@ def member_stage(run: Run, block: int, name: str, collaborative: bool, role: str
     sources = None
     if collaborative:
         update = run.outputs(run.layout, block, "student-update")
-        stability, plasticity = run.load(update["proxy_s"]), run.load(update["proxy_p"])
-        sources = [(stability, c.teacher_stability_samples)]
-        if not same_tables(stability, plasticity):  # at block 1 P = S = D_0
-            sources.append((plasticity, c.teacher_plasticity_samples))
+        sources = list(zip(run.proxies(block), (c.teacher_stability_samples, c.teacher_plasticity_samples)))
         sources.append((run.load(update["updated_student"]), c.teacher_student_samples))
     protected = run.protected(block, data) if collaborative else None  # KD: plain BPR, no exclusion lists
     model, result = update_member(previous, data, run.data(block - 1).train, run.config, sources, collaborative,

@@ -121,7 +121,9 @@ def update_member(
                 parts.append(ReplayLoss(model, lambda epoch: replay.draw(seed + epoch), steps, c.teacher_replay_weight,
                                         c.teacher_replay_temperature, c.replay_resample_every, seed, c.teacher_replay_form))
             if lists:
-                listed = None if c.teacher_exclusion_proxies else [len(sources) - 1] if student_kept else []
+                listed = None  # every source's lists
+                if not c.teacher_exclusion_proxies:
+                    listed = [len(sources) - 1] if student_kept else []
                 negatives.append(replay.exclusion_pairs(cap(c.exclude_top, data.n_items), listed))
     extension = Extensions(parts) if parts else None
     exclude = np.concatenate(negatives) if negatives else None
