@@ -31,7 +31,7 @@ from ccd.config import RunConfig
 from ccd.continual import evaluation
 from ccd.continual.loop import Run
 from ccd.continual.pinned_config import pin_path, run_settings
-from ccd.continual.teacher_update import update_member
+from ccd.continual.teacher_update import MemberSources, update_member
 from ccd.continual.updates import grown
 from ccd.home import Home
 from ccd.stages import DEFAULT_RUN_KEY
@@ -59,17 +59,17 @@ def main() -> None:
     update = run.outputs(run.layout, block, "student-update")
     proxies = [(run.load(update["proxy_s"]), c.teacher_stability_samples),
                (run.load(update["proxy_p"]), c.teacher_plasticity_samples)]
-    sources = proxies + [(run.load(update["updated_student"]), c.teacher_student_samples)]
+    sources = MemberSources(proxies, (run.load(update["updated_student"]), c.teacher_student_samples))
     splits = {j: getattr(run.data(j), args.split) for j in range(block + 1)}
     # variant -> (replay sources, exclusion lists on, changes to the continual settings)
     variants = {
         "plain": None,
-        "lwckd": ([], False, {}),
+        "lwckd": (None, False, {}),
         "exclusion": (sources, True, {"lwckd_weight": 0.0, "teacher_replay_weight": 0.0}),
         "replay": (sources, True, {"lwckd_weight": 0.0}),
         "full": (sources, True, {}),
         "full-bpr": (sources, True, {"teacher_replay_form": "bpr"}),
-        "full-proxies": (proxies, True, {}),
+        "full-proxies": (MemberSources(proxies, None), True, {}),
         "full-idle": (sources, True, {"teacher_replay_users": "idle"}),
     }
     chosen = {name: variants[name] for name in args.variants.split(",") if name}

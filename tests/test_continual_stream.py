@@ -399,6 +399,26 @@ def test_a_plain_teacher_update_gives_ccd_the_kd_baselines_members(ccd_home, tmp
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
 
+def test_a_member_stage_reads_only_the_sources_and_lists_its_settings_use(ccd_home, tmp_path, monkeypatch):
+    """With the replay off and the proxies' lists off, S and P are never loaded; with the
+    exclusion lists off, the previous teacher's lists are never read either."""
+    home = copy_home(ccd_home, tmp_path)
+    given = []
+    monkeypatch.setattr(loop, "update_member", lambda *a, **kw: given.append(a) or pytest.fail("stop after the call"))
+    monkeypatch.setattr(Run, "proxies", lambda *a: pytest.fail("loaded the proxies"))
+    for key, extra, protected in (("proxies", "continual.teacher_exclusion_proxies=false", True),
+                                  ("lists", "continual.teacher_exclusion_lists=false", False)):
+        config = RunConfig.load(None, [*TINY, "continual.teacher_replay_weight=0", extra])
+        run = Run(home, "ccd", config, run_key=key, progress=False)
+        if not protected:
+            monkeypatch.setattr(Run, "protected", lambda *a: pytest.fail("read the previous teacher's lists"))
+        with pytest.raises(pytest.fail.Exception, match="stop after the call"):
+            loop.member_stage(run, 2, run.members[0], collaborative=True)
+        sources, protected_pairs = given[-1][4], given[-1][6]
+        assert sources.proxies == [] and sources.student is not None
+        assert (protected_pairs is not None) == protected
+
+
 def test_anchored_members_start_from_bpr_only_anchors_that_are_kds_members(ccd_home, tmp_path, monkeypatch):
     """`continual.teacher_update=anchored`: each block's anchors are KD's members weight for
     weight, and the served member of block k is a collaborative update of the anchor after k-1

@@ -21,7 +21,7 @@ from ccd.continual.replay import ReplayLoss, ReplaySet, top_items
 from ccd.continual.state import Layout
 from ccd.continual.student_update import make_proxies, same_tables, update_student
 from ccd.continual import teacher_update
-from ccd.continual.teacher_update import update_member
+from ccd.continual.teacher_update import MemberSources, ranked_sources, ranks_proxies, update_member
 from ccd.continual.updates import ProxyReplay, clone, recent_items
 from ccd.data import BlockData
 from ccd.ensemble import write_topk
@@ -266,7 +266,7 @@ def test_teacher_update_collaborative_and_vae_members(monkeypatch):
     stability, _ = make_proxies(student, None, None, config.continual)
     cl = clone(student)
     cl.grow(b1.n_users, b1.n_items, b1.train, "neighbour", 20)
-    updated, result = update_member(member, b1, b0.train, config, [(stability, 2), (cl, 2)], progress=False)
+    updated, result = update_member(member, b1, b0.train, config, MemberSources([(stability, 2)], (cl, 2)), progress=False)
     assert (updated.n_users, updated.n_items) == (b1.n_users, b1.n_items)
     assert not torch.equal(updated.user_emb[: b0.n_users], member.user_emb)
     assert validate(updated, b1, split="test")["recall@20"] > 0.3 and result.epochs_run == 4
@@ -277,7 +277,7 @@ def test_teacher_update_collaborative_and_vae_members(monkeypatch):
     no_term, _ = update_member(member, b1, b0.train, tiny_config(lwckd_anchors=16, lwckd_weight=0.0), None, progress=False)
     assert built == [] and torch.equal(no_term.user_emb, plain.user_emb)  # LWC-KD at weight 0: not even built
     no_lists = tiny_config(lwckd_anchors=16, lwckd_weight=0.0, teacher_replay_weight=0.0, teacher_exclusion_lists=False)
-    sources = [(stability, 2), (cl, 2)]
+    sources = MemberSources([(stability, 2)], (cl, 2))
     unlisted, _ = update_member(member, b1, b0.train, no_lists, sources, progress=False)
     assert torch.equal(unlisted.user_emb, plain.user_emb)  # the sources' lists were the only difference left
     listed, _ = update_member(member, b1, b0.train, tiny_config(lwckd_anchors=16, lwckd_weight=0.0, teacher_replay_weight=0.0),
@@ -287,11 +287,11 @@ def test_teacher_update_collaborative_and_vae_members(monkeypatch):
     no_proxies = tiny_config(lwckd_anchors=16, lwckd_weight=0.0, teacher_replay_weight=0.0, teacher_exclusion_proxies=False)
     student_only, _ = update_member(member, b1, b0.train, no_proxies, sources, progress=False)
     cl_listed, _ = update_member(member, b1, b0.train, tiny_config(lwckd_anchors=16, lwckd_weight=0.0, teacher_replay_weight=0.0),
-                                 [(cl, 2)], progress=False)
+                                 MemberSources([], (cl, 2)), progress=False)
     assert torch.equal(student_only.user_emb, cl_listed.user_emb) and not torch.equal(student_only.user_emb, listed.user_emb)
 
     vae = trained(VAEConfig(dim=4, hidden=16, seed=0), b0, config)
-    vae_next, _ = update_member(vae, b1, b0.train, config, [(stability, 2)], progress=False)
+    vae_next, _ = update_member(vae, b1, b0.train, config, MemberSources([(stability, 2)], None), progress=False)
     assert vae_next.n_items == b1.n_items
     assert len(vae_next.interactions) == len(np.unique(b1.seen_train, axis=0))  # scores from the whole history
 
@@ -315,34 +315,52 @@ def test_teacher_replay_form_and_weight_zero(monkeypatch):
     b0, b1 = tiny_stream(2)
     member = trained(BPRConfig(dim=8, seed=0), b0, tiny_config())
     student = trained(BPRConfig(dim=4, seed=0), b0, tiny_config())
-    sources = [(make_proxies(student, None, None, tiny_config().continual)[0], 2)]
+    proxies = [(make_proxies(student, None, None, tiny_config().continual)[0], 2)]
+    sources = MemberSources(proxies, None)
     bce, _ = update_member(member, b1, b0.train, tiny_config(), sources, progress=False)
     bpr, _ = update_member(member, b1, b0.train, tiny_config(teacher_replay_form="bpr"), sources, progress=False)
     assert not torch.equal(bce.item_emb, bpr.item_emb)
     assert validate(bpr, b1, split="test")["recall@20"] > 0.3
-    # With the replay on and the proxies' lists off, the lists are CL_k's (the last source) alone,
-    # and none when CL_k is left out at 0 samples.
+    # With the replay on and the proxies' lists off, the lists are CL_k's alone, whatever the
+    # order the sources are ranked in, and none when CL_k is left out at 0 samples.
     cl = trained(BPRConfig(dim=4, seed=1), b0, tiny_config())
     cl.grow(b1.n_users, b1.n_items, b1.train, "neighbour", 20)
     listed, real = [], ProxyReplay.exclusion_pairs
     monkeypatch.setattr(ProxyReplay, "exclusion_pairs", lambda *a: listed.append(real(*a)) or listed[-1])
     no_proxies = tiny_config(teacher_exclusion_proxies=False)
-    update_member(member, b1, b0.train, no_proxies, [*sources, (cl, 2)], progress=False)
+    update_member(member, b1, b0.train, no_proxies, MemberSources(proxies, (cl, 2)), progress=False)
     k = cap(no_proxies.continual.exclude_top, b1.n_items)
     expected = top_pairs(cl.score, np.arange(b0.n_users), k, recent_items(b1, b0.train), 64)
     assert set(map(tuple, listed[0].tolist())) == set(map(tuple, expected.tolist()))
-    update_member(member, b1, b0.train, no_proxies, [*sources, (cl, 0)], progress=False)
+    update_member(member, b1, b0.train, no_proxies, MemberSources(proxies, (cl, 0)), progress=False)
     assert len(listed[1]) == 0
     # At weight 0 the sources give only the exclusion lists: nothing is ever drawn.
     monkeypatch.setattr("ccd.continual.updates.ProxyReplay.draw", lambda *a: pytest.fail("drew a replay set"))
     update_member(member, b1, b0.train, tiny_config(teacher_replay_weight=0.0), sources, progress=False)
 
 
+def test_member_sources_ranked_by_role_not_by_position():
+    """Which of S, P and CL_k a member's update ranks, and whose lists it keeps, follows from
+    each source's role and the settings; the proxies are not ranked when nothing uses them."""
+    s, p, cl = object(), object(), object()
+    sources = MemberSources([(s, 1), (p, 3)], (cl, 5))
+    ranked = lambda **c: [(m, listed) for m, _, listed in ranked_sources(sources, tiny_config(**c).continual)]  # noqa: E731
+    assert ranked() == [(s, True), (p, True), (cl, True)]  # the defaults: replayed and listed
+    assert ranked(teacher_exclusion_proxies=False) == [(s, False), (p, False), (cl, True)]  # replayed, not listed
+    assert ranked(teacher_replay_weight=0.0) == [(s, True), (p, True), (cl, True)]  # listed only
+    assert ranked(teacher_replay_weight=0.0, teacher_exclusion_proxies=False) == [(cl, True)]
+    assert ranked(teacher_replay_weight=0.0, teacher_exclusion_lists=False) == []
+    assert not ranks_proxies(tiny_config(teacher_replay_weight=0.0, teacher_exclusion_proxies=False).continual)
+    at_zero = MemberSources([(s, 1), (p, 0)], (cl, 0))  # a source at 0 samples is left out, lists included
+    assert [m for m, _, _ in ranked_sources(at_zero, tiny_config().continual)] == [s]
+    assert ranked_sources(None, tiny_config().continual) == []
+
+
 def test_idle_teacher_replay_draws_only_for_old_users_without_new_pairs(monkeypatch):
     b0, b1 = tiny_stream(2)
     member = trained(BPRConfig(dim=8, seed=0), b0, tiny_config())
     student = trained(BPRConfig(dim=4, seed=0), b0, tiny_config())
-    sources = [(make_proxies(student, None, None, tiny_config().continual)[0], 2)]
+    sources = MemberSources([(make_proxies(student, None, None, tiny_config().continual)[0], 2)], None)
     idle = np.setdiff1d(np.arange(b0.n_users), b1.train[:, 0])
     drawn, excluded = [], []
     real_draw, real_exclusion = ProxyReplay.draw, ProxyReplay.exclusion_pairs

@@ -53,7 +53,7 @@ from ccd.continual.pinned_config import check_shared_teacher, pin_config
 from ccd.continual.state import BASE, METHODS, Layout, keyed
 from ccd.continual.student_update import make_proxies, same_tables, update_student
 from ccd.continual.selection import stream_validator
-from ccd.continual.teacher_update import update_member
+from ccd.continual.teacher_update import MemberSources, ranks_proxies, update_member
 from ccd.data import BlockData
 from ccd.ensemble import USER_TOPK, Ensemble, StoredTopK, read_topk, write_topk
 from ccd.errors import BadInputError, CcdError
@@ -451,12 +451,13 @@ def member_stage(run: Run, block: int, name: str, collaborative: bool, role: str
     alone, as KD's member (same start, same seed), so the collaborative terms never compound."""
     c, data = run.config.continual, run.data(block)
     previous = run.load(run.member_state(block - 1, name))
-    sources = None
+    sources, protected = None, None  # KD: plain BPR, no replay and no exclusion lists
     if collaborative:
         update = run.outputs(run.layout, block, "student-update")
-        sources = list(zip(run.proxies(block), (c.teacher_stability_samples, c.teacher_plasticity_samples)))
-        sources.append((run.load(update["updated_student"]), c.teacher_student_samples))
-    protected = run.protected(block, data) if collaborative else None  # KD: plain BPR, no exclusion lists
+        proxies = run.proxies(block) if ranks_proxies(c) else []
+        sources = MemberSources(list(zip(proxies, (c.teacher_stability_samples, c.teacher_plasticity_samples))),
+                                (run.load(update["updated_student"]), c.teacher_student_samples))
+        protected = run.protected(block, data) if c.teacher_exclusion_lists else None
     model, result = update_member(previous, data, run.data(block - 1).train, run.config, sources, collaborative,
                                   protected, block_seed(previous.config.seed, block), run.progress)
     return {"path": run.save(model, run.layout, block, f"{role}-{name}", result), "train": _brief(result)}

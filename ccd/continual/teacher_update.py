@@ -1,6 +1,6 @@
 """Stage 2 of a CCD block: update one teacher member on the new block (spec 2.4).
 
-    member_k = update_member(member_prev, data, previous_train, config, sources=[(S, 1), (P, 3), (CL, 5)])
+    member_k = update_member(member_prev, data, previous_train, config, MemberSources([(S, 1), (P, 3)], (CL, 5)))
 
 One function per member, so the flows can update members in parallel. The member starts from
 its own state after block k-1, grows for new ids (neighbour initialisation) and trains on block k
@@ -24,11 +24,12 @@ recommendations.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ccd.config import RunConfig
+from ccd.config import ContinualConfig, RunConfig
 from ccd.continual.exclusion import cap
 from ccd.continual.lwckd import LwcKd
 from ccd.continual.replay import ReplayLoss
@@ -56,12 +57,27 @@ class Extensions:
         return sum(part.loss(batch) for part in self.parts)
 
 
+@dataclass(frozen=True)
+class MemberSources:
+    """What the student side gives a member's update at block k, by role, each with the samples
+    per old user its replay draws (a source at 0 is left out, lists included)."""
+
+    proxies: list[tuple[Recommender, int]]  # S_{k-1}, and P_{k-1} where it differs from S
+    student: tuple[Recommender, int] | None  # the updated student CL_k
+
+
+def ranks_proxies(c: ContinualConfig) -> bool:
+    """Whether a collaborative member update uses S and P at all: for the replay or for their
+    exclusion lists. When it does not, callers need not load them."""
+    return c.teacher_replay_weight > 0 or (c.teacher_exclusion_lists and c.teacher_exclusion_proxies)
+
+
 def update_member(
     member: Recommender,
     data: BlockData,
     previous_train: np.ndarray,
     config: RunConfig,
-    sources: list[tuple[Recommender, int]] | None = None,
+    sources: MemberSources | None = None,
     collaborative: bool = True,
     protected: np.ndarray | None = None,
     seed: int = 0,
@@ -78,8 +94,8 @@ def update_member(
     previous_train : np.ndarray, shape (N, 2)
         Block k-1's training pairs (LWC-KD's candidates and positives; never replayed).
     config : RunConfig
-    sources : list of (model, samples per user), optional
-        Replay sources: S_{k-1}, P_{k-1} (from block 2 on) and CL_k, in that order.
+    sources : MemberSources, optional
+        The replay sources and exclusion lists: S_{k-1}, P_{k-1} and CL_k.
     collaborative : bool
         Add LWC-KD and replay; False gives plain BPR fine-tuning (the KD baseline).
     protected : np.ndarray, shape (E, 2), optional
@@ -106,29 +122,38 @@ def update_member(
     if collaborative:
         if c.lwckd_weight > 0:  # at 0 its graphs and softmaxes would be built for no gradient
             parts.append(LwcKd(model, member, previous_train, data.train, c))
-        given = sources or []
-        if lists and not c.teacher_exclusion_proxies and c.teacher_replay_weight == 0:
-            given = given[-1:]  # CL_k alone: the proxies would be ranked for nothing
-        sources = [(m.to(device).eval(), n) for m, n in given if n > 0]  # a source at 0 samples is left out
-        student_kept = bool(given) and given[-1][1] > 0  # CL_k comes last
-        if sources and (c.teacher_replay_weight > 0 or lists):
+        ranked = ranked_sources(sources, c)
+        if ranked:
             recent = recent_items(data, previous_train, device)
             old_users = np.arange(member.n_users)
             replayed = replay_users(old_users, data, c.teacher_replay_users)
-            replay = ProxyReplay(model, sources, old_users, recent, c.teacher_top, c.replay_eps, c.replay_batch_users, replayed)
+            replay = ProxyReplay(model, [(m.to(device).eval(), n) for m, n, _ in ranked], old_users, recent, c.teacher_top,
+                                 c.replay_eps, c.replay_batch_users, replayed)
             if c.teacher_replay_weight > 0:  # at 0 the sources only give the exclusion lists
                 steps = steps_per_epoch(len(data.train), settings)
                 parts.append(ReplayLoss(model, lambda epoch: replay.draw(seed + epoch), steps, c.teacher_replay_weight,
                                         c.teacher_replay_temperature, c.replay_resample_every, seed, c.teacher_replay_form))
             if lists:
-                listed = None  # every source's lists
-                if not c.teacher_exclusion_proxies:
-                    listed = [len(sources) - 1] if student_kept else []
+                listed = [i for i, (_, _, is_listed) in enumerate(ranked) if is_listed]
                 negatives.append(replay.exclusion_pairs(cap(c.exclude_top, data.n_items), listed))
     extension = Extensions(parts) if parts else None
     exclude = np.concatenate(negatives) if negatives else None
     result = train(model, data, settings, seed=seed, exclude_negatives=exclude, progress=progress, extension=extension)
     return model, result
+
+
+def ranked_sources(sources: MemberSources | None, c: ContinualConfig) -> list[tuple[Recommender, int, bool]]:
+    """(model, samples, listed) for each source the update ranks: every source at more than 0
+    samples when the replay is on, else only those whose lists it keeps (CL_k's always, the
+    proxies' unless `continual.teacher_exclusion_proxies` is off)."""
+    if sources is None:
+        return []
+    proxies = sources.proxies if ranks_proxies(c) else []
+    roles = [(m, n, c.teacher_exclusion_proxies) for m, n in proxies]
+    if sources.student is not None:
+        roles.append((*sources.student, True))
+    replaying = c.teacher_replay_weight > 0
+    return [(m, n, listed) for m, n, listed in roles if n > 0 and (replaying or (c.teacher_exclusion_lists and listed))]
 
 
 def replay_users(old_users: np.ndarray, data: BlockData, which: str) -> np.ndarray | None:
