@@ -83,23 +83,19 @@ def train_teacher(
     """
     data = load_block_data(home, block)
     device = pick_device(config.train.device)
-    models: list[Recommender] = []
-    rows = []
     members = parse_members(config.teacher)
     out_dir = home.model_dir(block, TEACHER)
     k = config.teacher.top_k
     built = {"member_dirs": [member_dir_name(n) for n, _ in members], "rank_exponent": config.teacher.rank_exponent, "top_k": k}
     _check_lists_unchanged(home, block, out_dir, built)  # before any member trains for nothing
-    for name, model_config in members:
-        model, row = _fit_or_load(home, block, name, model_config, data, config, retrain, progress, device)
-        models.append(model)
-        rows.append(row)
+    rows = [_fit_or_reuse(home, block, name, model_config, data, config, retrain, progress) for name, model_config in members]
 
     with folder_lock(home, out_dir):
         _check_lists_unchanged(home, block, out_dir, built)  # again: another run may have written them meanwhile
         if recorded_by(home, block, out_dir):  # what a finished stage distilled from stays as it is
             saved = json.loads((out_dir / "teacher.json").read_text(encoding="utf-8"))
             return {"block": block, "members": rows, "ensemble": saved["ensemble"], "topk": saved["topk"]}
+        models = [io.load(home.model_dir(block, member_dir_name(name)), device) for name, _ in members]
         ensemble_row, topk = _write_lists(Ensemble(models, config.teacher.rank_exponent), data, out_dir, config, device)
         report = {"block": block, "members": rows, "ensemble": ensemble_row, "topk": topk}
         write_text(out_dir / "teacher.json", json.dumps({**report, **built}, indent=2) + "\n")
@@ -136,23 +132,21 @@ def train_member(
     members = dict(parse_members(config.teacher))
     if name not in members:
         raise BadInputError(f"no teacher member {name!r} in teacher.members (members: {', '.join(members)})")
-    data = load_block_data(home, block)
-    device = pick_device(config.train.device)
-    _, row = _fit_or_load(home, block, name, members[name], data, config, False, progress, device)
-    return row
+    return _fit_or_reuse(home, block, name, members[name], load_block_data(home, block), config, False, progress)
 
 
-def _fit_or_load(
-    home: Home, block: int, name: str, model_config: Any, data: BlockData, config: RunConfig,
-    retrain: bool, progress: bool, device: Any,
-) -> tuple[Recommender, dict[str, Any]]:
-    """The member saved for the same data and configs, else a freshly trained and saved one."""
+def _fit_or_reuse(
+    home: Home, block: int, name: str, model_config: Any, data: BlockData, config: RunConfig, retrain: bool, progress: bool,
+) -> dict[str, Any]:
+    """The report row of the member saved for the same data and configs, else of a freshly
+    trained and saved one. Only the metadata of a saved member is read: its weights are loaded
+    where they are used (the ensemble), not for a row."""
     folder = home.model_dir(block, member_dir_name(name))
     fingerprint = _fingerprint(data, config)
     with folder_lock(home, folder):  # another run may be training the same member into it
         saved = _matching(folder, model_config, fingerprint, data, config) if not retrain else None
         if saved is not None:
-            model, row = io.load(folder, device), {**saved["metadata"]["report"], "status": "reused"}
+            row = {**saved["metadata"]["report"], "status": "reused"}
         else:
             users = recorded_by(home, block, folder) if (folder / io.META).exists() else []
             if users:
@@ -164,7 +158,7 @@ def _fit_or_load(
             model, row = _train_member(name, model_config, data, config, progress)
             io.save(model, folder, {"block": block, "fingerprint": fingerprint, "report": row, "run_config": config.to_dict()})
     log.info("teacher member %s: %s", name, row)
-    return model, row
+    return row
 
 
 def folder_lock(home: Home, folder: Path) -> AbstractContextManager[Path]:

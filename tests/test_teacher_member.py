@@ -106,15 +106,16 @@ def test_two_runs_training_one_member_take_turns_and_the_second_reuses(home, tmp
     assert not list(home.locks.glob("teacher-*"))  # one-off lock files are removed
 
 
-def test_lists_a_finished_stage_recorded_are_not_written_again(home, tmp_path):
+def test_lists_a_finished_stage_recorded_are_not_written_again(home, tmp_path, monkeypatch):
     """Another run key reaching block 0's ensemble gets the recorded lists as they are: a
     re-scoring (on another device, say) could break ties otherwise, under the runs that
-    distilled from them."""
+    distilled from them. Nor are the members' weights loaded for them."""
     ingest_block0(home, tmp_path)
     first = train_teacher(home, 0, CONFIG, progress=False)
     lists = home.model_dir(0, "teacher")
     stages.run_stage(home, 0, "base-ensemble", lambda: {"topk_dir": home.relative(lists)}, "some-run")
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in lists.iterdir()}
+    monkeypatch.setattr(io, "load", lambda *a, **kw: pytest.fail("loaded a member's weights"))
     again = train_teacher(home, 0, CONFIG, progress=False)
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in lists.iterdir()} == before
     assert (again["ensemble"], again["topk"]) == (first["ensemble"], first["topk"])
