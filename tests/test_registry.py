@@ -9,7 +9,7 @@ import random
 import pytest
 
 from ccd import atomic, registry
-from ccd.registry import store
+from ccd.registry import pruning, store
 from ccd.config import GateConfig, RunConfig
 from ccd.errors import BadInputError
 from ccd.home import Home
@@ -391,3 +391,93 @@ def test_cli_tables_and_errors(home, capsys):
     assert code == 0 and "h_recall@20" in out.splitlines()[0] and "production" in out
     code, out, err = cli(capsys, "registry", "rollback", "student", "--home", str(home.root))
     assert code == 2 and out == "" and err.count("\n") == 1 and "nothing to roll back to" in err
+
+
+# --- pruning the registry's copies
+
+
+def promoted_stream(home, scores, first_block=0):
+    """One version a block, each proposed through the gate; returns the versions."""
+    versions = [add(home, score, block=block) for block, score in enumerate(scores, start=first_block)]
+    for version in versions:
+        registry.propose(home, "student", version.version)
+    return versions
+
+
+def test_prune_keeps_the_newest_the_aliased_and_the_rollback_targets(home):
+    versions = promoted_stream(home, [0.30, 0.31, 0.32, 0.20, 0.33, 0.34])  # the gate keeps v4 back
+    assert registry.aliases(home, "student") == {"production": 6, "candidate": 4}
+    registry.register(home, "student", artifact(home, "late", b"late"), 6, "ccd", {METRIC: 0.1}, 10)  # v7, not proposed
+    dry = registry.prune(home, "student", keep=1, dry_run=True)
+    assert all((v.path(home)).exists() for v in versions)  # a dry run removes nothing
+    result = registry.prune(home, "student", keep=1)
+    # newest (v7, also not yet proposed), production (v6), one rollback from it (v5), candidate (v4)
+    assert result.kept == dry.kept == [4, 5, 6, 7]
+    assert [v.version for v in result.pruned] == [1, 2, 3] and result.freed_bytes == dry.freed_bytes > 0
+    assert all(v.pruned_at is not None and not v.path(home).exists() for v in result.pruned)
+    assert all(v.path(home).exists() for v in versions[3:])
+    statuses = {v.version: (v.status, v.pruned_at is None) for v in registry.list_versions(home, "student")}
+    assert statuses[3] == ("archived", False) and statuses[6] == ("production", True)  # records stay
+
+    assert registry.prune(home, "student", keep=1).pruned == []  # idempotent
+    assert registry.rollback(home, "student").version == 5  # one rollback still works...
+    with pytest.raises(ArtifactIntegrityError, match=r"v3: its artifact was pruned on .*register the same model again"):
+        registry.rollback(home, "student")  # ...the next would load a pruned copy
+    with pytest.raises(ArtifactIntegrityError, match="was pruned"):
+        registry.promote(home, "student", 2, "by hand")
+
+    restored = add(home, 0.31, block=1)  # the same bytes, block and method as v2
+    assert restored.version == 2 and restored.pruned_at is None
+    registry.verify_artifact(home, restored)
+
+
+def test_prune_keeps_a_copy_a_kept_version_shares_and_finishes_a_failed_prune(home, monkeypatch):
+    same = b"same bytes"
+    old = registry.register(home, "student", artifact(home, "a", same), 0, "ccd", {METRIC: 0.3}, 10)
+    registry.propose(home, "student", old.version)
+    promoted_stream(home, [0.31], first_block=1)  # v2
+    new = registry.register(home, "student", artifact(home, "b", same), 2, "ccd", {METRIC: 0.32}, 10)  # v3: v1's bytes
+    registry.propose(home, "student", new.version)
+    result = registry.prune(home, "student", keep=1)
+    assert [v.version for v in result.pruned] == [1] and result.freed_bytes == 0
+    assert new.path(home) == old.path(home) and new.path(home).exists()  # v3 still loads it
+    registry.verify_artifact(home, registry.get(home, "student"))
+
+    # a prune that fails while removing copies leaves no version marked, and a second run finishes it
+    later = promoted_stream(home, [0.40, 0.41], first_block=3)  # v4, v5: now v2 and v3 go
+    monkeypatch.setattr(pruning, "remove", lambda path: (_ for _ in ()).throw(OSError("disk says no")))
+    with pytest.raises(OSError):
+        registry.prune(home, "student", keep=1)
+    assert registry.get(home, "student", 2).pruned_at is None
+    monkeypatch.undo()
+    assert [v.version for v in registry.prune(home, "student", keep=1).pruned] == [2, 3]
+    assert not old.path(home).exists() and all(v.path(home).exists() for v in later)
+
+
+def test_prune_refuses_bad_input(home):
+    with pytest.raises(RegistryError, match="'student' has no versions"):
+        registry.prune(home, "student", keep=3)
+    add(home, 0.3)
+    for keep in (0, -1, True):
+        with pytest.raises(BadInputError, match="--keep must be an integer >= 1"):
+            registry.prune(home, "student", keep=keep)
+
+
+def test_a_registry_made_before_prune_gets_the_column_on_first_read(home):
+    add(home, 0.3)
+    with store.connect(home, write=True) as con:  # as registries were made before `prune`
+        con.execute("ALTER TABLE versions DROP COLUMN pruned_at")
+    assert registry.list_versions(home)[0].pruned_at is None  # a read brings the file up to date
+
+
+def test_cli_prune(home, capsys):
+    promoted_stream(home, [0.30, 0.31, 0.32])
+    base = ["--home", str(home.root)]
+    code, out, _ = cli(capsys, "registry", "prune", "student", "--keep", "1", "--dry-run", *base, "--json")
+    assert code == 0 and json.loads(out)["dry_run"] is True and [v["version"] for v in json.loads(out)["pruned"]] == [1]
+    code, out, _ = cli(capsys, "registry", "prune", "student", "--keep", "1", *base)
+    assert code == 0 and out.startswith("student: removed the copies of 1 version(s)") and "kept v2, v3" in out
+    code, out, _ = cli(capsys, "registry", "list", *base)
+    assert "pruned_at" in out.splitlines()[0]
+    code, out, err = cli(capsys, "registry", "prune", "student", "--keep", "0", *base)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "--keep must be" in err

@@ -1,4 +1,4 @@
-"""Registry commands: `ccd registry list|show|history|promote|rollback`."""
+"""Registry commands: `ccd registry list|show|history|promote|rollback|prune`."""
 
 from __future__ import annotations
 
@@ -38,12 +38,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     rollback.add_argument("name")
     rollback.add_argument("--reason", default="rollback", help="recorded in the decision log")
 
+    prune = add_command(actions, "prune", run_prune, "remove the registry's copies of old versions (their records stay)",
+                        settings=False)
+    prune.add_argument("name")
+    prune.add_argument("--keep", type=int, required=True,
+                       help="keep the newest KEEP versions and the KEEP that rollbacks from production reach")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+
 
 def run_list(args: argparse.Namespace) -> int:
     metric = config_of(args).registry.metric
     versions = registry.list_versions(home_of(args), args.name)
     rows = [_row(v, metric) for v in versions]
-    columns = ["name", "version", "block", "method", metric, "n_params", "status", "aliases", "created_at"]
+    columns = ["name", "version", "block", "method", metric, "n_params", "status", "aliases", "created_at", "pruned_at"]
     emit(args, {"versions": [v.to_dict() for v in versions]}, lambda: table(rows, columns))
     return 0
 
@@ -81,6 +88,18 @@ def run_promote(args: argparse.Namespace) -> int:
 def run_rollback(args: argparse.Namespace) -> int:
     home = home_of(args)
     _report(args, home, registry.rollback(home, args.name, args.reason))
+    return 0
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    result = registry.prune(home_of(args), args.name, args.keep, args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    emit(
+        args,
+        {**result.to_dict(), "dry_run": args.dry_run},
+        lambda: f"{args.name}: {verb} the copies of {len(result.pruned)} version(s), {result.freed_bytes / 2**20:.1f} MiB; "
+        f"kept v{', v'.join(map(str, result.kept))}\n\n" + table([v.to_dict() for v in result.pruned], ["version", "block", "status", "artifact"]),
+    )
     return 0
 
 

@@ -8,10 +8,12 @@ Typical use at the end of a block (what the flows and `ccd stream` do):
 >>> decision = propose(home, "student", version.version, run_config.registry)
 >>> load_artifact_path(home, "student")  # what serving loads, checksum verified
 
-`store` holds the data and the manual actions, `gate` the automatic promotion rule.
+`store` holds the data and the manual actions, `gate` the automatic promotion rule, `pruning`
+the removal of old versions' copies.
 """
 
 from ccd.registry.gate import propose, sanity_problems
+from ccd.registry.pruning import PruneResult, prune
 from ccd.registry.store import (
     CANDIDATE,
     PRODUCTION,
@@ -33,7 +35,7 @@ from ccd.registry.store import (
 )
 
 __all__ = [
-    "CANDIDATE", "PRODUCTION", "ArtifactIntegrityError", "Decision", "ModelVersion", "RegistryError",
-    "aliases", "get", "list_decisions", "list_versions", "load_artifact_path", "promote", "propose",
+    "CANDIDATE", "PRODUCTION", "ArtifactIntegrityError", "Decision", "ModelVersion", "PruneResult", "RegistryError",
+    "aliases", "get", "list_decisions", "list_versions", "load_artifact_path", "promote", "propose", "prune",
     "register", "registry_path", "rollback", "sanity_problems", "sha256_artifact", "verify_artifact",
 ]

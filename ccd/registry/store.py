@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS versions (
     created_at TIMESTAMP NOT NULL,    -- UTC
     status VARCHAR NOT NULL,
     reason VARCHAR NOT NULL,
+    pruned_at TIMESTAMP,              -- UTC; set when `prune` removed the registry's copy
     PRIMARY KEY (name, version)
 );
 CREATE TABLE IF NOT EXISTS aliases (
@@ -74,6 +75,7 @@ CREATE TABLE IF NOT EXISTS aliases (
     updated_at TIMESTAMP NOT NULL,
     PRIMARY KEY (name, alias)
 );
+ALTER TABLE versions ADD COLUMN IF NOT EXISTS pruned_at TIMESTAMP;  -- registries made before `prune`
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY,
     decided_at TIMESTAMP NOT NULL,
@@ -116,6 +118,7 @@ class ModelVersion:
     status: str
     reason: str
     aliases: tuple[str, ...] = ()
+    pruned_at: str | None = None  # when `ccd registry prune` removed its copy; None while it has one
 
     def path(self, home: Home) -> Path:
         """The artifact's absolute path (not verified; see `load_artifact_path`)."""
@@ -157,9 +160,9 @@ def connect(home: Home, write: bool = False) -> Iterator[duckdb.DuckDBPyConnecti
     The transaction commits when the `with` block ends normally and rolls back on any exception.
     """
     path = registry_path(home)
-    if not write and not path.exists():
+    if not write and not _current_schema(path):
         with connect(home, write=True):
-            pass  # creates the file and its tables, so read-only opens work
+            pass  # creates (or brings up to date) the file and its tables, so read-only opens work
     with file_lock(home, "registry", timeout=LOCK_TIMEOUT, shared=not write):
         con = duckdb.connect(str(path), read_only=not write)
         try:
@@ -176,6 +179,16 @@ def connect(home: Home, write: bool = False) -> Iterator[duckdb.DuckDBPyConnecti
             con.execute("COMMIT")
         finally:
             con.close()
+
+
+def _current_schema(path: Path) -> bool:
+    """Whether the registry file exists with today's columns (a read-only connection cannot add them)."""
+    if not path.exists():
+        return False
+    with duckdb.connect(str(path), read_only=True) as con:
+        found = con.execute("SELECT count(*) FROM information_schema.columns "
+                            "WHERE table_name = 'versions' AND column_name = 'pruned_at'").fetchone()[0]
+    return found == 1
 
 
 def sha256_artifact(path: Path) -> str:
@@ -247,15 +260,14 @@ def register(
             "SELECT version, artifact FROM versions WHERE name = ? AND block = ? AND method = ? AND sha256 = ?",
             [name, int(block), method, sha],
         ).fetchone()
-        if row is not None:
-            if row[1] != kept:  # registered before the registry kept copies: point it at one now
-                con.execute("UPDATE versions SET artifact = ? WHERE name = ? AND version = ?", [kept, name, row[0]])
+        if row is not None:  # a copy made before the registry kept copies, or after a prune, is its own again
+            con.execute("UPDATE versions SET artifact = ?, pruned_at = NULL WHERE name = ? AND version = ?", [kept, name, row[0]])
             return fetch(con, name, row[0])
         version = con.execute("SELECT coalesce(max(version), 0) + 1 FROM versions WHERE name = ?", [name]).fetchone()[0]
         con.execute(
-            "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'registered', '')",
+            f"INSERT INTO versions ({_REGISTERED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'registered', '')",
             [name, version, int(block), method, json.dumps(clean_metrics), int(n_params), kept, sha,
-             lineage_json, config_json, _now()],
+             lineage_json, config_json, now()],
         )
         return fetch(con, name, version)
 
@@ -336,16 +348,23 @@ def rollback(home: Home, name: str, reason: str = "rollback") -> Decision:
     """
     with connect(home, write=True) as con:
         current = require(con, name, PRODUCTION)
-        row = con.execute(
-            "SELECT previous_production FROM decisions WHERE name = ? AND version = ? AND promoted "
-            "AND kind <> 'rollback' ORDER BY id DESC LIMIT 1",
-            [name, current.version],
-        ).fetchone()
-        if row is None or row[0] is None:
+        previous = replaced_by(con, name, current.version)
+        if previous is None:
             raise RegistryError(f"nothing to roll back to: {name} v{current.version} was the first production")
-        target = require(con, name, row[0])
+        target = require(con, name, previous)
         verify_artifact(home, target)
         return set_production(con, target, "rollback", f"{reason}: v{current.version} -> v{target.version}")
+
+
+def replaced_by(con: duckdb.DuckDBPyConnection, name: str, version: int) -> int | None:
+    """The production that `version` replaced when it was last promoted (by the gate or by hand),
+    i.e. where a rollback from it goes; None for the first production."""
+    row = con.execute(
+        "SELECT previous_production FROM decisions WHERE name = ? AND version = ? AND promoted "
+        "AND kind <> 'rollback' ORDER BY id DESC LIMIT 1",
+        [name, version],
+    ).fetchone()
+    return None if row is None else row[0]
 
 
 def load_artifact_path(home: Home, name: str, alias: int | str = PRODUCTION) -> Path:
@@ -360,6 +379,11 @@ def load_artifact_path(home: Home, name: str, alias: int | str = PRODUCTION) -> 
 
 
 def verify_artifact(home: Home, version: ModelVersion) -> None:
+    if version.pruned_at is not None:
+        raise ArtifactIntegrityError(
+            f"{version.name} v{version.version}: its artifact was pruned on {version.pruned_at} "
+            f"(`ccd registry prune`); register the same model again to restore it"
+        )
     path = version.path(home)
     if not path.exists():
         raise ArtifactIntegrityError(f"{version.name} v{version.version}: artifact {path} is missing")
@@ -438,19 +462,21 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-_VERSION_COLUMNS = (
+_REGISTERED_COLUMNS = (  # what a registration writes; `pruned_at` starts empty
     "name, version, block, method, metrics, n_params, artifact, sha256, lineage, config, created_at, status, reason"
 )
+_VERSION_COLUMNS = _REGISTERED_COLUMNS + ", pruned_at"
 _DECISION_COLUMNS = (
     "id, decided_at, name, version, kind, promoted, reason, previous_production, metric, value, baseline"
 )
 
 
 def _version(row: tuple, alias_names: tuple[str, ...]) -> ModelVersion:
-    name, version, block, method, metrics, n_params, artifact, sha, lineage, config, created, status, reason = row
+    name, version, block, method, metrics, n_params, artifact, sha, lineage, config, created, status, reason, pruned = row
     return ModelVersion(
         name, version, block, method, json.loads(metrics), n_params, artifact, sha,
         json.loads(lineage), json.loads(config), _iso(created), status, reason, alias_names,
+        None if pruned is None else _iso(pruned),
     )
 
 
@@ -468,7 +494,7 @@ def _set_status(con: duckdb.DuckDBPyConnection, version: ModelVersion, status: s
 
 def _set_alias(con: duckdb.DuckDBPyConnection, name: str, alias: str, version: int) -> None:
     con.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", [name, alias])
-    con.execute("INSERT INTO aliases VALUES (?, ?, ?, ?)", [name, alias, version, _now()])
+    con.execute("INSERT INTO aliases VALUES (?, ?, ?, ?)", [name, alias, version, now()])
 
 
 def _log(
@@ -478,7 +504,7 @@ def _log(
     next_id = con.execute("SELECT coalesce(max(id), 0) + 1 FROM decisions").fetchone()[0]
     con.execute(
         "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [next_id, _now(), target.name, target.version, kind, promoted, reason, previous, metric, value, baseline],
+        [next_id, now(), target.name, target.version, kind, promoted, reason, previous, metric, value, baseline],
     )
     return last_decision(con, target.name, target.version)
 
@@ -513,7 +539,7 @@ def _inside_home(home: Home, path: Path) -> str:
     return relative
 
 
-def _now() -> datetime:
+def now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
