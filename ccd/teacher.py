@@ -4,7 +4,7 @@
 
 Each member (`teacher.members`, e.g. 3 LightGCN + 2 BPR + 1 Mult-VAE) is trained by the one
 loop (`ccd.train.train`) with its own seed and saved under `models/block=K/teacher-<name>/`. A
-member already saved for the same block data, model config and train config is loaded instead
+member already saved for the same block data, model config and train config is reused instead
 of retrained, so a re-run after a crash only does the missing work. The ensemble
 (`ccd.ensemble.Ensemble`, mean of rank-transformed scores) is then evaluated and its top-K lists
 are written to `models/block=K/teacher/` (`user_topk.parquet`, `item_topk.parquet`,
@@ -88,14 +88,15 @@ def train_teacher(
     k = config.teacher.top_k
     built = {"member_dirs": [member_dir_name(n) for n, _ in members], "rank_exponent": config.teacher.rank_exponent, "top_k": k}
     _check_lists_unchanged(home, block, out_dir, built)  # before any member trains for nothing
-    rows = [_fit_or_reuse(home, block, name, model_config, data, config, retrain, progress) for name, model_config in members]
+    fitted = [_fit_or_reuse(home, block, name, model_config, data, config, retrain, progress) for name, model_config in members]
+    rows = [row for row, _ in fitted]
 
     with folder_lock(home, out_dir):
         _check_lists_unchanged(home, block, out_dir, built)  # again: another run may have written them meanwhile
         if recorded_by(home, block, out_dir):  # what a finished stage distilled from stays as it is
             saved = json.loads((out_dir / "teacher.json").read_text(encoding="utf-8"))
             return {"block": block, "members": rows, "ensemble": saved["ensemble"], "topk": saved["topk"]}
-        models = [io.load(home.model_dir(block, member_dir_name(name)), device) for name, _ in members]
+        models = [_load_as_reported(home, block, name, sha, device) for (name, _), (_, sha) in zip(members, fitted)]
         ensemble_row, topk = _write_lists(Ensemble(models, config.teacher.rank_exponent), data, out_dir, config, device)
         report = {"block": block, "members": rows, "ensemble": ensemble_row, "topk": topk}
         write_text(out_dir / "teacher.json", json.dumps({**report, **built}, indent=2) + "\n")
@@ -132,21 +133,22 @@ def train_member(
     members = dict(parse_members(config.teacher))
     if name not in members:
         raise BadInputError(f"no teacher member {name!r} in teacher.members (members: {', '.join(members)})")
-    return _fit_or_reuse(home, block, name, members[name], load_block_data(home, block), config, False, progress)
+    row, _ = _fit_or_reuse(home, block, name, members[name], load_block_data(home, block), config, False, progress)
+    return row
 
 
 def _fit_or_reuse(
     home: Home, block: int, name: str, model_config: Any, data: BlockData, config: RunConfig, retrain: bool, progress: bool,
-) -> dict[str, Any]:
-    """The report row of the member saved for the same data and configs, else of a freshly
-    trained and saved one. Only the metadata of a saved member is read: its weights are loaded
-    where they are used (the ensemble), not for a row."""
+) -> tuple[dict[str, Any], str]:
+    """The report row and weights' SHA-256 of the member saved for the same data and configs,
+    else of a freshly trained and saved one. Only the metadata of a saved member is read: its
+    weights are loaded where they are used (the ensemble), not for a row."""
     folder = home.model_dir(block, member_dir_name(name))
     fingerprint = _fingerprint(data, config)
     with folder_lock(home, folder):  # another run may be training the same member into it
         saved = _matching(folder, model_config, fingerprint, data, config) if not retrain else None
         if saved is not None:
-            row = {**saved["metadata"]["report"], "status": "reused"}
+            row, sha = {**saved["metadata"]["report"], "status": "reused"}, saved["weights_sha256"]
         else:
             users = recorded_by(home, block, folder) if (folder / io.META).exists() else []
             if users:
@@ -157,8 +159,19 @@ def _fit_or_reuse(
                 )
             model, row = _train_member(name, model_config, data, config, progress)
             io.save(model, folder, {"block": block, "fingerprint": fingerprint, "report": row, "run_config": config.to_dict()})
+            sha = io.read_metadata(folder)["weights_sha256"]
     log.info("teacher member %s: %s", name, row)
-    return row
+    return row, sha
+
+
+def _load_as_reported(home: Home, block: int, name: str, sha: str, device: Any) -> Recommender:
+    """The member's weights, the ones its report row describes: a run with other settings or
+    `--retrain` may have trained it again since (before any stage recorded it)."""
+    folder = home.model_dir(block, member_dir_name(name))
+    with folder_lock(home, folder):
+        if io.read_metadata(folder)["weights_sha256"] != sha:
+            raise BadInputError(f"teacher member {name} of block {block} was trained again by another run meanwhile; run this again")
+        return io.load(folder, device)
 
 
 def folder_lock(home: Home, folder: Path) -> AbstractContextManager[Path]:

@@ -405,6 +405,10 @@ def test_a_member_stage_reads_only_the_sources_and_lists_its_settings_use(ccd_ho
     home = copy_home(ccd_home, tmp_path)
     given = []
     monkeypatch.setattr(loop, "update_member", lambda *a, **kw: given.append(a) or pytest.fail("stop after the call"))
+    default = Run(home, "ccd", RunConfig.load(None, TINY), progress=False)
+    with pytest.raises(pytest.fail.Exception, match="stop after the call"):
+        loop.member_stage(default, 2, default.members[0], collaborative=True)
+    assert len(given[-1][4].proxies) == 2 and given[-1][6] is not None  # the defaults use both
     monkeypatch.setattr(Run, "proxies", lambda *a: pytest.fail("loaded the proxies"))
     for key, extra, protected in (("proxies", "continual.teacher_exclusion_proxies=false", True),
                                   ("lists", "continual.teacher_exclusion_lists=false", False)):

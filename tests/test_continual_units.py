@@ -321,8 +321,8 @@ def test_teacher_replay_form_and_weight_zero(monkeypatch):
     bpr, _ = update_member(member, b1, b0.train, tiny_config(teacher_replay_form="bpr"), sources, progress=False)
     assert not torch.equal(bce.item_emb, bpr.item_emb)
     assert validate(bpr, b1, split="test")["recall@20"] > 0.3
-    # With the replay on and the proxies' lists off, the lists are CL_k's alone, whatever the
-    # order the sources are ranked in, and none when CL_k is left out at 0 samples.
+    # With the replay on and the proxies' lists off, the lists are CL_k's alone, and none when
+    # CL_k is left out at 0 samples.
     cl = trained(BPRConfig(dim=4, seed=1), b0, tiny_config())
     cl.grow(b1.n_users, b1.n_items, b1.train, "neighbour", 20)
     listed, real = [], ProxyReplay.exclusion_pairs
@@ -351,6 +351,11 @@ def test_member_sources_ranked_by_role_not_by_position():
     assert ranked(teacher_replay_weight=0.0, teacher_exclusion_proxies=False) == [(cl, True)]
     assert ranked(teacher_replay_weight=0.0, teacher_exclusion_lists=False) == []
     assert not ranks_proxies(tiny_config(teacher_replay_weight=0.0, teacher_exclusion_proxies=False).continual)
+    # Without CL_k the last source is a proxy, and it is not taken for CL_k
+    proxies_only = MemberSources([(s, 1), (p, 3)], None)
+    only = lambda **c: [(m, listed) for m, _, listed in ranked_sources(proxies_only, tiny_config(**c).continual)]  # noqa: E731
+    assert only(teacher_exclusion_proxies=False) == [(s, False), (p, False)]
+    assert only(teacher_replay_weight=0.0, teacher_exclusion_proxies=False) == []
     at_zero = MemberSources([(s, 1), (p, 0)], (cl, 0))  # a source at 0 samples is left out, lists included
     assert [m for m, _, _ in ranked_sources(at_zero, tiny_config().continual)] == [s]
     assert ranked_sources(None, tiny_config().continual) == []

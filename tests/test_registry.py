@@ -429,6 +429,8 @@ def test_prune_keeps_the_newest_the_aliased_and_the_rollback_targets(home):
     restored = add(home, 0.31, block=1)  # the same bytes, block and method as v2
     assert restored.version == 2 and restored.pruned_at is None
     registry.verify_artifact(home, restored)
+    same_bytes = registry.register(home, "student", artifact(home, "v1 again", b"student00.3"), 9, "ccd", {METRIC: 0.3}, 10)
+    assert same_bytes.version == 8 and registry.get(home, "student", 1).pruned_at is None  # v1's copy is back too
 
 
 def test_prune_keeps_a_copy_a_kept_version_shares_and_finishes_a_failed_prune(home, monkeypatch):
@@ -443,14 +445,25 @@ def test_prune_keeps_a_copy_a_kept_version_shares_and_finishes_a_failed_prune(ho
     assert new.path(home) == old.path(home) and new.path(home).exists()  # v3 still loads it
     registry.verify_artifact(home, registry.get(home, "student"))
 
-    # a prune that fails while removing copies leaves no version marked, and a second run finishes it
+    # a prune that fails half way leaves no version marked (a copy it removed stays gone), and
+    # a second run finishes it
     later = promoted_stream(home, [0.40, 0.41], first_block=3)  # v4, v5: now v2 and v3 go
-    monkeypatch.setattr(pruning, "remove", lambda path: (_ for _ in ()).throw(OSError("disk says no")))
+    removed, real_remove = [], pruning.remove
+
+    def remove_one_then_fail(path):
+        if removed:
+            raise OSError("disk says no")
+        removed.append(path)
+        real_remove(path)
+
+    monkeypatch.setattr(pruning, "remove", remove_one_then_fail)
     with pytest.raises(OSError):
         registry.prune(home, "student", keep=1)
-    assert registry.get(home, "student", 2).pruned_at is None
+    assert len(removed) == 1 and not removed[0].exists()
+    assert [v.pruned_at for v in registry.list_versions(home, "student")][1:3] == [None, None]
     monkeypatch.undo()
-    assert [v.version for v in registry.prune(home, "student", keep=1).pruned] == [2, 3]
+    again = registry.prune(home, "student", keep=1)
+    assert [v.version for v in again.pruned] == [2, 3] and all(v.pruned_at for v in again.pruned)
     assert not old.path(home).exists() and all(v.path(home).exists() for v in later)
 
 
@@ -463,11 +476,13 @@ def test_prune_refuses_bad_input(home):
             registry.prune(home, "student", keep=keep)
 
 
-def test_a_registry_made_before_prune_gets_the_column_on_first_read(home):
+def test_a_registry_made_before_prune_gets_its_table_on_first_read(home):
     add(home, 0.3)
     with store.connect(home, write=True) as con:  # as registries were made before `prune`
-        con.execute("ALTER TABLE versions DROP COLUMN pruned_at")
-    assert registry.list_versions(home)[0].pruned_at is None  # a read brings the file up to date
+        con.execute("DROP TABLE pruned")
+    assert registry.list_versions(home)[0].pruned_at is None  # a read adds the table
+    with store.connect(home) as con:
+        assert con.execute("SELECT count(*) FROM pruned").fetchone()[0] == 0
 
 
 def test_cli_prune(home, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 
 from ccd.config import LakeConfig, RunConfig
 from ccd.continual.loop import Run, stage_work
@@ -200,3 +201,25 @@ def ingest_block0(home, tmp_path) -> None:
     path = tmp_path / "block_0.csv"
     make_block().to_csv(path, index=False)
     ingest_block(home, path, 0, LakeConfig())
+
+
+def test_the_ensemble_is_built_from_the_weights_its_rows_describe(home, tmp_path, monkeypatch):
+    """A member is loaded for the ensemble only after every member's row is made: if another run
+    trained one again meanwhile, the lists would not be the ones the rows report."""
+    ingest_block0(home, tmp_path)
+    real = teacher._fit_or_reuse
+
+    def then_another_run_retrains(home_, block, name, *args):
+        row = real(home_, block, name, *args)
+        if name == "bpr-1":  # the last member; another run retrains bpr-0 before the ensemble
+            folder = home.model_dir(0, member_dir_name("bpr-0"))
+            model = io.load(folder)
+            with torch.no_grad():
+                model.user_emb.add_(1.0)
+            io.save(model, folder, io.read_metadata(folder)["metadata"])
+        return row
+
+    monkeypatch.setattr(teacher, "_fit_or_reuse", then_another_run_retrains)
+    with pytest.raises(BadInputError, match="bpr-0 of block 0 was trained again by another run meanwhile"):
+        train_teacher(home, 0, CONFIG, progress=False)
+    assert not (home.model_dir(0, "teacher") / "teacher.json").exists()

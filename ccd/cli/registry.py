@@ -42,7 +42,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                         settings=False)
     prune.add_argument("name")
     prune.add_argument("--keep", type=int, required=True,
-                       help="keep the newest KEEP versions and the KEEP that rollbacks from production reach")
+                       help="keep the newest KEEP versions, the KEEP that rollbacks from production reach, "
+                            "and every aliased or not yet proposed version")
     prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
 
 

@@ -144,12 +144,12 @@ def update_member(
 
 def ranked_sources(sources: MemberSources | None, c: ContinualConfig) -> list[tuple[Recommender, int, bool]]:
     """(model, samples, listed) for each source the update ranks: every source at more than 0
-    samples when the replay is on, else only those whose lists it keeps (CL_k's always, the
-    proxies' unless `continual.teacher_exclusion_proxies` is off)."""
+    samples when the replay is on, else only those whose lists it keeps. When the exclusion
+    lists are on, CL_k's are kept, and the proxies' unless `continual.teacher_exclusion_proxies`
+    is off."""
     if sources is None:
         return []
-    proxies = sources.proxies if ranks_proxies(c) else []
-    roles = [(m, n, c.teacher_exclusion_proxies) for m, n in proxies]
+    roles = [(m, n, c.teacher_exclusion_proxies) for m, n in sources.proxies]
     if sources.student is not None:
         roles.append((*sources.student, True))
     replaying = c.teacher_replay_weight > 0

@@ -9,10 +9,12 @@ copies that nothing is likely to load again, and keeps:
   `registered`: a flow that crashed between registering and proposing proposes it on its re-run),
 - the versions that `keep` rollbacks from production would reach, so rolling back still works.
 
-A pruned version keeps its row (metrics, lineage, config, decisions) with `pruned_at` set;
-promoting or rolling back to it is a clear error, and registering the same model again restores
-its copy. Copies are removed inside the registry's write transaction, after the rows are marked:
-a prune that fails half way leaves its marks undone, and running it again finishes it.
+A pruned version keeps its row (metrics, lineage, config, decisions) and is listed in the
+`pruned` table; promoting or rolling back to it is a clear error, and registering the same model
+again restores its copy. The versions are marked and their copies removed in one registry
+transaction, under the registry's lock. Removed files cannot be rolled back, though: if a prune
+fails half way, the copies it removed before the failure are gone while their versions are left
+unmarked (they report a missing artifact), and running it again marks them.
 """
 
 from __future__ import annotations
@@ -20,14 +22,13 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
 from ccd.errors import BadInputError
 from ccd.home import Home
-from ccd.registry.store import (
-    ARTIFACTS, PRODUCTION, ModelVersion, RegistryError, connect, fetch, now, replaced_by,
-)
+from ccd.registry.store import ARTIFACTS, PRODUCTION, ModelVersion, RegistryError, connect, fetch, now, replaced_by
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,9 @@ class PruneResult:
     pruned: list[ModelVersion]  # the versions whose copy goes
     kept: list[int]  # the version numbers that keep theirs
     freed_bytes: int  # disk space the removed copies took
+    doomed: list[str]  # the copies removed, relative to the home (a copy may serve several versions)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"pruned": [v.to_dict() for v in self.pruned], "kept": self.kept, "freed_bytes": self.freed_bytes}
 
 
@@ -48,45 +50,50 @@ def prune(home: Home, name: str, keep: int, dry_run: bool = False) -> PruneResul
     Raises
     ------
     BadInputError
-        `keep` is below 1 (production alone must always keep its copy).
+        `keep` is below 1: at least one rollback from production must stay possible.
     RegistryError
         `name` has no versions.
     """
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise BadInputError(f"--keep must be an integer >= 1, got {keep!r}")
-    with connect(home, write=True) as con:
-        numbers = [v for (v,) in con.execute("SELECT version FROM versions WHERE name = ? ORDER BY version", [name]).fetchall()]
-        if not numbers:
-            raise RegistryError(f"model {name!r} has no versions (see `ccd registry list`)")
-        versions = [fetch(con, name, v) for v in numbers]
-        kept = kept_versions(con, name, versions, keep)
-        # Only the registry's own copies go: a version registered before it kept copies points
-        # at its model folder, which is the stream's, not the registry's.
-        pruned = [v for v in versions if v.version not in kept and v.pruned_at is None and v.artifact.startswith(f"{ARTIFACTS}/")]
-        shared = {v.artifact for v in versions if v.version in kept}  # one copy may serve versions of several blocks
-        doomed = sorted({v.artifact for v in pruned} - shared)
-        freed = sum(disk_size(home.root / artifact) for artifact in doomed)
+    with connect(home, write=not dry_run) as con:  # a dry run only reads, beside serving
+        plan = _plan(home, con, name, keep)
         if dry_run:
-            return PruneResult(pruned, sorted(kept), freed)
+            return plan
         moment = now()
-        for version in pruned:
-            con.execute("UPDATE versions SET pruned_at = ? WHERE name = ? AND version = ?", [moment, name, version.version])
-        for artifact in doomed:
+        for version in plan.pruned:
+            con.execute("INSERT INTO pruned VALUES (?, ?, ?)", [name, version.version, moment])
+        for artifact in plan.doomed:
             remove(home.root / artifact)
-        return PruneResult([fetch(con, name, v.version) for v in pruned], sorted(kept), freed)
+        return PruneResult([fetch(con, name, v.version) for v in plan.pruned], plan.kept, plan.freed_bytes, plan.doomed)
+
+
+def _plan(home: Home, con: duckdb.DuckDBPyConnection, name: str, keep: int) -> PruneResult:
+    """Which versions lose their copy, and which copies go: a copy stays while a kept version
+    points at it (the same bytes registered for another block). Only the registry's own copies
+    go: a version registered before it kept copies points at its model folder, the stream's."""
+    numbers = [v for (v,) in con.execute("SELECT version FROM versions WHERE name = ? ORDER BY version", [name]).fetchall()]
+    if not numbers:
+        raise RegistryError(f"model {name!r} has no versions (see `ccd registry list`)")
+    versions = [fetch(con, name, v) for v in numbers]
+    kept = kept_versions(con, name, versions, keep)
+    pruned = [v for v in versions if v.version not in kept and v.pruned_at is None and v.artifact.startswith(f"{ARTIFACTS}/")]
+    doomed = sorted({v.artifact for v in pruned} - {v.artifact for v in versions if v.version in kept})
+    freed = sum(disk_size(home.root / artifact) for artifact in doomed)
+    return PruneResult(pruned, sorted(kept), freed, doomed)
 
 
 def kept_versions(con: duckdb.DuckDBPyConnection, name: str, versions: list[ModelVersion], keep: int) -> set[int]:
     """The version numbers whose copies stay (see the module's docstring)."""
     kept = {v.version for v in versions[-keep:]}
     kept |= {v.version for v in versions if v.aliases or v.status == "registered"}
-    step = next((v.version for v in versions if PRODUCTION in v.aliases), None)
-    for _ in range(keep):
-        step = None if step is None else replaced_by(con, name, step)
-        if step is None:
-            break
-        kept.add(step)
-    return kept
+    production = next((v.version for v in versions if PRODUCTION in v.aliases), None)
+    rollback_targets: list[int] = []
+    step = None if production is None else replaced_by(con, name, production)
+    while step is not None and len(rollback_targets) < keep:
+        rollback_targets.append(step)
+        step = replaced_by(con, name, step)
+    return kept | set(rollback_targets)
 
 
 def disk_size(path: Path) -> int:

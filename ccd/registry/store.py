@@ -65,7 +65,6 @@ CREATE TABLE IF NOT EXISTS versions (
     created_at TIMESTAMP NOT NULL,    -- UTC
     status VARCHAR NOT NULL,
     reason VARCHAR NOT NULL,
-    pruned_at TIMESTAMP,              -- UTC; set when `prune` removed the registry's copy
     PRIMARY KEY (name, version)
 );
 CREATE TABLE IF NOT EXISTS aliases (
@@ -75,7 +74,6 @@ CREATE TABLE IF NOT EXISTS aliases (
     updated_at TIMESTAMP NOT NULL,
     PRIMARY KEY (name, alias)
 );
-ALTER TABLE versions ADD COLUMN IF NOT EXISTS pruned_at TIMESTAMP;  -- registries made before `prune`
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY,
     decided_at TIMESTAMP NOT NULL,
@@ -88,6 +86,14 @@ CREATE TABLE IF NOT EXISTS decisions (
     metric VARCHAR,
     value DOUBLE,
     baseline DOUBLE
+);
+-- Versions whose registry copy `prune` removed. Its own table, not a column of `versions`:
+-- code that predates it still writes the versions table as it did.
+CREATE TABLE IF NOT EXISTS pruned (
+    name VARCHAR NOT NULL,
+    version INTEGER NOT NULL,
+    pruned_at TIMESTAMP NOT NULL,     -- UTC
+    PRIMARY KEY (name, version)
 );
 """
 
@@ -160,9 +166,9 @@ def connect(home: Home, write: bool = False) -> Iterator[duckdb.DuckDBPyConnecti
     The transaction commits when the `with` block ends normally and rolls back on any exception.
     """
     path = registry_path(home)
-    if not write and not _current_schema(path):
+    if not write and not _has_every_table(home, path):
         with connect(home, write=True):
-            pass  # creates (or brings up to date) the file and its tables, so read-only opens work
+            pass  # creates the file or its missing tables, so read-only opens work
     with file_lock(home, "registry", timeout=LOCK_TIMEOUT, shared=not write):
         con = duckdb.connect(str(path), read_only=not write)
         try:
@@ -181,14 +187,13 @@ def connect(home: Home, write: bool = False) -> Iterator[duckdb.DuckDBPyConnecti
             con.close()
 
 
-def _current_schema(path: Path) -> bool:
-    """Whether the registry file exists with today's columns (a read-only connection cannot add them)."""
+def _has_every_table(home: Home, path: Path) -> bool:
+    """Whether the registry file exists with today's tables (a read-only connection cannot add
+    one; a registry made before `prune` lacks `pruned`). Under the shared lock, as any reader."""
     if not path.exists():
         return False
-    with duckdb.connect(str(path), read_only=True) as con:
-        found = con.execute("SELECT count(*) FROM information_schema.columns "
-                            "WHERE table_name = 'versions' AND column_name = 'pruned_at'").fetchone()[0]
-    return found == 1
+    with file_lock(home, "registry", timeout=LOCK_TIMEOUT, shared=True), duckdb.connect(str(path), read_only=True) as con:
+        return con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'pruned'").fetchone()[0] == 1
 
 
 def sha256_artifact(path: Path) -> str:
@@ -225,9 +230,10 @@ def register(
     """Register an artifact as the next version of `name`, with status "registered".
 
     Idempotent: if `name` already has a version with the same block, method and artifact
-    sha256, that version is returned unchanged (its metrics, lineage and config are kept), so a
-    re-run of a flow after a crash never duplicates a version. Registering does not move any
-    alias; `ccd.registry.propose` does.
+    sha256, that version is returned with its metrics, lineage and config as they were, so a
+    re-run of a flow after a crash never duplicates a version; only its copy is made again if it
+    was damaged or pruned (`ccd.registry.prune`). Registering does not move any alias;
+    `ccd.registry.propose` does.
 
     Parameters
     ----------
@@ -256,16 +262,20 @@ def register(
     sha = sha256_artifact(source)
     with connect(home, write=True) as con:  # the lock also makes this the only writer of the copies
         kept = _keep(home, source, name, sha)
+        # the copy is there again, for every pruned version that points at it
+        con.execute("DELETE FROM pruned WHERE name = ? AND version IN (SELECT version FROM versions WHERE name = ? AND artifact = ?)",
+                    [name, name, kept])
         row = con.execute(
             "SELECT version, artifact FROM versions WHERE name = ? AND block = ? AND method = ? AND sha256 = ?",
             [name, int(block), method, sha],
         ).fetchone()
-        if row is not None:  # a copy made before the registry kept copies, or after a prune, is its own again
-            con.execute("UPDATE versions SET artifact = ?, pruned_at = NULL WHERE name = ? AND version = ?", [kept, name, row[0]])
+        if row is not None:
+            if row[1] != kept:  # registered before the registry kept copies: point it at one now
+                con.execute("UPDATE versions SET artifact = ? WHERE name = ? AND version = ?", [kept, name, row[0]])
             return fetch(con, name, row[0])
         version = con.execute("SELECT coalesce(max(version), 0) + 1 FROM versions WHERE name = ?", [name]).fetchone()[0]
         con.execute(
-            f"INSERT INTO versions ({_REGISTERED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'registered', '')",
+            f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'registered', '')",
             [name, version, int(block), method, json.dumps(clean_metrics), int(n_params), kept, sha,
              lineage_json, config_json, now()],
         )
@@ -407,7 +417,8 @@ def fetch(con: duckdb.DuckDBPyConnection, name: str, ref: int | str) -> ModelVer
     if row is None:
         return None
     names = con.execute("SELECT alias FROM aliases WHERE name = ? AND version = ? ORDER BY alias", [name, int(ref)]).fetchall()
-    return _version(row, tuple(a for (a,) in names))
+    pruned = con.execute("SELECT pruned_at FROM pruned WHERE name = ? AND version = ?", [name, int(ref)]).fetchone()
+    return _version(row, tuple(a for (a,) in names), None if pruned is None else pruned[0])
 
 
 def require(con: duckdb.DuckDBPyConnection, name: str, ref: int | str) -> ModelVersion:
@@ -462,17 +473,16 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-_REGISTERED_COLUMNS = (  # what a registration writes; `pruned_at` starts empty
+_VERSION_COLUMNS = (
     "name, version, block, method, metrics, n_params, artifact, sha256, lineage, config, created_at, status, reason"
 )
-_VERSION_COLUMNS = _REGISTERED_COLUMNS + ", pruned_at"
 _DECISION_COLUMNS = (
     "id, decided_at, name, version, kind, promoted, reason, previous_production, metric, value, baseline"
 )
 
 
-def _version(row: tuple, alias_names: tuple[str, ...]) -> ModelVersion:
-    name, version, block, method, metrics, n_params, artifact, sha, lineage, config, created, status, reason, pruned = row
+def _version(row: tuple, alias_names: tuple[str, ...], pruned: datetime | None) -> ModelVersion:
+    name, version, block, method, metrics, n_params, artifact, sha, lineage, config, created, status, reason = row
     return ModelVersion(
         name, version, block, method, json.loads(metrics), n_params, artifact, sha,
         json.loads(lineage), json.loads(config), _iso(created), status, reason, alias_names,
