@@ -88,7 +88,7 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """The registry's promotion gate (`ccd.registry.propose`)."""
+    """The registry: its promotion gate (`ccd.registry.propose`) and the copies it keeps."""
 
     # The metric compared with production: CCD's H-mean of LA and RA over blocks (Recall@20),
     # which rewards learning the new block without forgetting the old ones. Higher is better.
@@ -99,6 +99,11 @@ class GateConfig:
     # Largest absolute drop below production's metric that still promotes: about the
     # run-to-run noise of Recall@20 on the sample, so noise alone never blocks a refresh.
     tolerance: float = 0.005
+    # After each block's registration, remove the registry's copies of old students and keep
+    # this many (`ccd registry prune --keep`, which also keeps aliased versions and as many
+    # rollback steps from production), so a scheduled stream does not fill the disk. 0 keeps
+    # every copy.
+    keep_copies: int = 0
 
 
 @dataclass(frozen=True)

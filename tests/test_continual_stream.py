@@ -28,7 +28,7 @@ from ccd.errors import CcdError
 from ccd.evaluate import UserItemCSR
 from ccd.home import Home
 from ccd.locking import file_lock
-from ccd.registry import get, list_decisions, list_versions
+from ccd.registry import get, list_decisions, list_versions, load_artifact_path
 from ccd.stages import list_stages
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
@@ -348,6 +348,21 @@ def test_a_stream_started_past_unfinished_blocks_fails_before_any_work(ccd_home,
     with pytest.raises(CcdError, match="stage retrain-evaluate of block 1 has not finished"):
         run_stream(home, "retrain", RunConfig.load(None, TINY), last_block=3, from_block=3, progress=False)
     assert list_stages(home) == before
+
+
+def test_registration_prunes_old_copies_when_asked(ccd_home, tmp_path):
+    """`registry.keep_copies`: after the register stage only the kept versions have copies."""
+    home = copy_home(ccd_home, tmp_path)
+    before = list_versions(home, "student")
+    assert len(before) == 6 and all(v.path(home).exists() for v in before)
+    run = Run(home, "ccd", RunConfig.load(None, [*TINY, "registry.keep_copies=1"]), progress=False)
+    out = loop.register_stage(run, 5)  # the version is already there: registering again only prunes
+    after = {v.version: v for v in list_versions(home, "student")}
+    assert out["pruned"] and out["version"] not in out["pruned"] and len(after) == 6
+    for number, version in after.items():
+        assert (number in out["pruned"]) == (version.pruned_at is not None) == (not version.path(home).exists())
+    assert load_artifact_path(home, "student").exists()  # production keeps its copy
+    assert loop.register_stage(Run(home, "ccd", RunConfig.load(None, TINY), progress=False), 5)["pruned"] == []
 
 
 def test_the_report_lists_the_registered_blocks_only(ccd_home, tmp_path):

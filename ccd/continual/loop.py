@@ -550,7 +550,8 @@ def metrics_table(run: Run, block: int) -> list[dict[str, Any]]:
 
 
 def register_stage(run: Run, block: int) -> dict[str, Any]:
-    """Register D_k as a version of "student" (method ccd) and propose it through the gate."""
+    """Register D_k as a version of "student" (method ccd), propose it through the gate, and
+    prune old versions' copies when `registry.keep_copies` says so."""
     evaluations = _evaluations(run, block)
     rows = [row for e in evaluations for row in e["student"]]
     metrics = evaluation.gate_metrics(evaluation.summaries(rows, run.config.continual.with_base_block)[-1])
@@ -567,7 +568,10 @@ def register_stage(run: Run, block: int) -> dict[str, Any]:
     version = register(run.home, STUDENT, path, block, run.method, metrics, evaluations[-1]["student_params"], lineage, run.config)
     history = [row for e in evaluations[:-1] for row in e["student"]]
     decision = propose(run.home, STUDENT, version.version, run.config.registry, production_rescored(run, block, history))
-    return {"version": version.version, "promoted": decision.promoted, "reason": decision.reason, "metrics": metrics}
+    keep = run.config.registry.keep_copies
+    pruned = [v.version for v in registry.prune(run.home, STUDENT, keep).pruned] if keep else []
+    return {"version": version.version, "promoted": decision.promoted, "reason": decision.reason, "metrics": metrics,
+            "pruned": pruned}
 
 
 def production_rescored(run: Run, block: int, history: list[dict[str, Any]]) -> dict[int, float]:

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.prefect
 EXPECTED = {
     # name: (work pool, schedule interval in seconds or None, parameters)
     "stream-ingest/lake": ("cpu", 300, {"landing_folder": "data/landing", "until": "ingest"}),
-    "stream-ingest/pipeline": ("gpu", 3600, {"landing_folder": "data/landing"}),
+    "stream-ingest/pipeline": ("gpu", 3600, {"landing_folder": "data/landing", "config": {"registry": {"keep_copies": 48}}}),
     "backfill/backfill": ("gpu", None, {"folder": "data/sample"}),
     "retrain/retrain": ("gpu", None, {}),
 }
