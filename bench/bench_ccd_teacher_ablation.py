@@ -107,9 +107,15 @@ def score(model, run: Run, block: int, splits: dict[int, np.ndarray]) -> list[fl
 
 
 def row(name: str, recalls: list[float], epochs: str, seconds: float) -> str:
-    """Table row; H is the harmonic mean of the new block's recall and the old blocks' mean."""
+    """Table row of the blocks' recalls and their `one_block_h`."""
+    return f"| {name} | " + " | ".join(f"{r:.4f}" for r in recalls) + f" | {one_block_h(recalls):.4f} | {epochs} | {seconds:.0f} |"
+
+
+def one_block_h(recalls: list[float]) -> float:
+    """The harmonic mean of the new block's recall (the last) and the old blocks' mean: the
+    one-block analogue of the paper's H of LA and RA."""
     new, old = recalls[-1], float(np.mean(recalls[:-1]))
-    return f"| {name} | " + " | ".join(f"{r:.4f}" for r in recalls) + f" | {2 * new * old / (new + old):.4f} | {epochs} | {seconds:.0f} |"
+    return 2 * new * old / (new + old)
 
 
 if __name__ == "__main__":
