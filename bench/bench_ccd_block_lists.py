@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from bench_ccd_seed_spread import spec_run
-from bench_ccd_teacher_ablation import one_block_h, score
+from bench_ccd_teacher_ablation import chosen_variants, one_block_h, score
 from ccd.config import RunConfig
 from ccd.continual.distill_stage import distill_block
 from ccd.continual.loop import Run, block_seed, seeded_for_block
@@ -62,9 +62,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
-    unknown = set(args.variants.split(",")) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown variants {', '.join(sorted(unknown))}; known: {', '.join(VARIANTS)}")
+    variants = chosen_variants(parser, args.variants, VARIANTS)
     if args.block < 1:
         parser.error(f"--block must be >= 1, got {args.block}")
     torch.set_num_threads(args.threads)
@@ -74,7 +72,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"| variant | teacher H | student H, seeds {' / '.join(map(str, seeds))} | mean | s |")
     print("|---|---|---|---|---|", flush=True)
-    for name in args.variants.split(","):
+    for name in variants:
         clock = time.perf_counter()
         collaborative, changes = VARIANTS[name]
         changed = config.replace(continual=dataclasses.replace(config.continual, **changes))

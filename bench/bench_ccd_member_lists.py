@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from bench_ccd_gowalla import DEFAULTS, GOWALLA
+from bench_ccd_teacher_ablation import chosen_variants
 from ccd.config import RunConfig
 from ccd.continual import evaluation
 from ccd.continual.distill_stage import distill_block
@@ -64,9 +65,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
-    unknown = set(args.variants.split(",")) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown variants {', '.join(sorted(unknown))}; known: {', '.join(VARIANTS)}")
+    variants = chosen_variants(parser, args.variants, VARIANTS)
     torch.set_num_threads(args.threads)
     home = Home.resolve(args.home)
     config = RunConfig.load(None, DEFAULTS + ["continual.teacher_replay_weight=0"] + args.overrides)
@@ -82,7 +81,7 @@ def main() -> None:
     print("| update of", args.member, "at block 1 | member valid 0 | valid 1 | H | idle users' row change "
           "| student valid 0 | valid 1 | H | member / student epochs | s |")
     print("|" + "---|" * 10, flush=True)
-    for name in args.variants.split(","):
+    for name in variants:
         clock = time.perf_counter()
         collaborative, exclusion, changes = VARIANTS[name]
         changed = config.replace(continual=dataclasses.replace(config.continual, **changes))

@@ -92,6 +92,15 @@ def main() -> None:
         print(row(name, score(model, run, block, splits), f"{result.best_epoch}/{result.epochs_run}", time.perf_counter() - start), flush=True)
 
 
+def chosen_variants(parser: argparse.ArgumentParser, names: str, known: dict) -> list[str]:
+    """The comma list `names`, each a key of `known`; anything else is a usage error."""
+    chosen = [name for name in names.split(",") if name]
+    unknown = set(chosen) - set(known)
+    if unknown:
+        parser.error(f"unknown variants {', '.join(sorted(unknown))}; known: {', '.join(known)}")
+    return chosen
+
+
 def stored_run(home: Home, method: str, run_key: str) -> Run:
     """`method`'s run under `run_key` with the settings it was pinned with; an unknown key is an
     error, not a new run (a new key would pin itself into the home)."""

@@ -164,17 +164,12 @@ def connect(home: Home, write: bool = False) -> Iterator[duckdb.DuckDBPyConnecti
     """A short-lived connection under the registry lock; with `write`, one transaction.
 
     The transaction commits when the `with` block ends normally and rolls back on any exception.
+    A read on a file without today's tables (new, or made before `prune`) first lets one write
+    create them, since a read-only connection cannot.
     """
     path = registry_path(home)
-    if not write and not _has_every_table(home, path):
-        with connect(home, write=True):
-            pass  # creates the file or its missing tables, so read-only opens work
-    with file_lock(home, "registry", timeout=LOCK_TIMEOUT, shared=not write):
-        con = duckdb.connect(str(path), read_only=not write)
-        try:
-            if not write:
-                yield con
-                return
+    if write:
+        with _opened(home, path, write=True) as con:
             con.execute(SCHEMA)
             con.execute("BEGIN TRANSACTION")
             try:
@@ -183,17 +178,32 @@ def connect(home: Home, write: bool = False) -> Iterator[duckdb.DuckDBPyConnecti
                 con.execute("ROLLBACK")
                 raise
             con.execute("COMMIT")
+        return
+    if path.exists():
+        with _opened(home, path, write=False) as con:
+            if _has_every_table(con):
+                yield con
+                return
+    with connect(home, write=True):
+        pass
+    with _opened(home, path, write=False) as con:
+        yield con
+
+
+@contextmanager
+def _opened(home: Home, path: Path, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The registry file opened under its lock: exclusive to write, shared to read."""
+    with file_lock(home, "registry", timeout=LOCK_TIMEOUT, shared=not write):
+        con = duckdb.connect(str(path), read_only=not write)
+        try:
+            yield con
         finally:
             con.close()
 
 
-def _has_every_table(home: Home, path: Path) -> bool:
-    """Whether the registry file exists with today's tables (a read-only connection cannot add
-    one; a registry made before `prune` lacks `pruned`). Under the shared lock, as any reader."""
-    if not path.exists():
-        return False
-    with file_lock(home, "registry", timeout=LOCK_TIMEOUT, shared=True), duckdb.connect(str(path), read_only=True) as con:
-        return con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'pruned'").fetchone()[0] == 1
+def _has_every_table(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the file has today's tables (a registry made before `prune` lacks `pruned`)."""
+    return con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'pruned'").fetchone()[0] == 1
 
 
 def sha256_artifact(path: Path) -> str:
