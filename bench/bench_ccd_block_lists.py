@@ -34,7 +34,7 @@ from bench_ccd_seed_spread import spec_run
 from bench_ccd_teacher_ablation import chosen_variants, one_block_h, score
 from ccd.config import RunConfig
 from ccd.continual.distill_stage import distill_block
-from ccd.continual.loop import Run, block_seed, seeded_for_block
+from ccd.continual.loop import Run, seeded_for_block
 from ccd.continual.pinned_config import run_settings
 from ccd.continual.selection import stream_validator
 from ccd.continual.teacher_update import MemberSources, update_member
@@ -95,7 +95,7 @@ def updated_member(start: Run, anchors: Run, block: int, name: str, config: RunC
                                 (start.load(update["updated_student"]), c.teacher_student_samples))
         protected = anchors.protected(block, data)
     model, _ = update_member(previous, data, start.data(block - 1).train, config, sources, collaborative, protected,
-                             block_seed(previous.config.seed, block), progress=False)
+                             anchors.seed(block, previous.config.seed), progress=False)
     return model.eval()
 
 

@@ -387,6 +387,11 @@ class ContinualConfig:
     select_on: Literal["block", "stream"] = "stream"
     # Whether block 0 counts in LA and RA (the `with_base_block` switch of the CCD author's code).
     with_base_block: bool = True
+    # Moves every seed the loop draws with at blocks >= 1 (student update, member updates,
+    # stage 4, the baselines' students): a run key with another value repeats the stream with
+    # other draws from the same shared block 0, which measures how far one stream's numbers move
+    # by chance. 0 is the stream as before this setting (`loop.stream_seed`).
+    stream_seed: int = 0
 
 
 # Settings added to the code after runs were pinned (and models saved) whose default is not

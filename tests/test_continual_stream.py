@@ -342,6 +342,33 @@ def test_stage_4_draws_with_a_seed_of_its_block_unless_pinned_before(ccd_home, t
     assert loop.seeded_for_block(config, 0).distill.seed == 7  # block 0's shared student: distill.seed
 
 
+def test_a_stream_seed_moves_every_later_training_and_leaves_block_0_alone():
+    repeat = RunConfig.load(None, [*TINY, "distill.seed=7", "continual.stream_seed=2"])
+    assert loop.stream_seed(7, RunConfig.load(None, [*TINY])) == 7  # stream 0: the seeds as before
+    assert loop.stream_seed(7, repeat) == 7 + 2 * loop.STREAM_SEED_STRIDE
+    assert loop.seeded_for_block(repeat, 1).distill.seed == block_seed(loop.stream_seed(7, repeat), 1)
+    assert loop.seeded_for_block(repeat, 0).distill.seed == 7  # block 0 is shared by every stream
+    one_seed = repeat.replace(continual=dataclasses.replace(repeat.continual, kd_seed_per_block=False))
+    assert loop.seeded_for_block(one_seed, 3).distill.seed == loop.stream_seed(7, repeat)
+
+
+def test_a_repeated_stream_draws_its_members_and_students_anew(ccd_home, tmp_path, monkeypatch):
+    home = copy_home(ccd_home, tmp_path)
+    seeds: dict[str, list[int]] = {}
+    for name in ("update_member", "update_student"):  # both take (..., seed, progress) last
+        def spy(*args, _name=name, _original=getattr(loop, name), **kwargs):
+            seeds.setdefault(_name, []).append(args[-2])
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(loop, name, spy)
+    for stream in (0, 1):
+        run = Run(home, "ccd", RunConfig.load(None, [*TINY, f"continual.stream_seed={stream}"]), run_key=f"stream-{stream}", progress=False)
+        loop.student_update_stage(run, 1)
+        loop.member_stage(run, 1, run.members[0], True)
+    first, second = seeds["update_member"]
+    assert second == first + loop.STREAM_SEED_STRIDE * 1000  # the member's block seed, one stream on
+    assert seeds["update_student"][1] == seeds["update_student"][0] + loop.STREAM_SEED_STRIDE * 1000
+
+
 def test_a_stream_started_past_unfinished_blocks_fails_before_any_work(ccd_home, tmp_path):
     home = copy_home(ccd_home, tmp_path)  # CCD finished every block; the retrain baseline none past 0
     before = list_stages(home)

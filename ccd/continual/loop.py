@@ -82,12 +82,23 @@ def block_seed(seed: int, block: int) -> int:
     return seed * 1000 + block
 
 
+STREAM_SEED_STRIDE = 1_000_000  # apart enough that no (seed, block) of two streams meet
+
+
+def stream_seed(seed: int, config: RunConfig) -> int:
+    """`seed` moved to the run's stream (`continual.stream_seed`); unchanged for stream 0."""
+    return seed + STREAM_SEED_STRIDE * config.continual.stream_seed
+
+
 def seeded_for_block(config: RunConfig, block: int) -> RunConfig:
     """`config` with stage 4's seed at `block` (`continual.kd_seed_per_block`). Block 0's
     student, shared by every run key of a home, keeps `distill.seed`."""
-    if block == 0 or not config.continual.kd_seed_per_block:
+    if block == 0:
         return config
-    return config.replace(distill=dataclasses.replace(config.distill, seed=block_seed(config.distill.seed, block)))
+    seed = stream_seed(config.distill.seed, config)
+    if config.continual.kd_seed_per_block:
+        seed = block_seed(seed, block)
+    return config.replace(distill=dataclasses.replace(config.distill, seed=seed))
 
 
 class Run:
@@ -256,8 +267,9 @@ class Run:
         stability, plasticity = (self.load(update[name]).eval() for name in ("proxy_s", "proxy_p"))
         return [stability] if same_tables(stability, plasticity) else [stability, plasticity]
 
-    def seed(self, block: int) -> int:
-        return block_seed(self.config.distill.seed, block)
+    def seed(self, block: int, base: int | None = None) -> int:
+        """The seed of a training at `block` >= 1 from `base` (default `distill.seed`)."""
+        return block_seed(stream_seed(self.config.distill.seed if base is None else base, self.config), block)
 
     def validator(self, block: int) -> Validator | None:
         """How a served student's epoch is chosen at `block` (`continual.select_on`): on the same
@@ -459,7 +471,7 @@ def member_stage(run: Run, block: int, name: str, collaborative: bool, role: str
                                 (run.load(update["updated_student"]), c.teacher_student_samples))
         protected = run.protected(block, data) if c.teacher_exclusion_lists else None
     model, result = update_member(previous, data, run.data(block - 1).train, run.config, sources, collaborative,
-                                  protected, block_seed(previous.config.seed, block), run.progress)
+                                  protected, run.seed(block, previous.config.seed), run.progress)
     return {"path": run.save(model, run.layout, block, f"{role}-{name}", result), "train": _brief(result)}
 
 
@@ -488,7 +500,8 @@ def baseline_student(run: Run, block: int) -> dict[str, Any]:
     """The served student of a baseline after block k."""
     data, validator = run.data(block), run.validator(block)
     if run.method == "retrain":
-        model, result = retrain_student(data, run.config, run.teacher_dim, run.progress, validator=validator)
+        model, result = retrain_student(data, run.config, stream_seed(run.config.distill.seed, run.config), run.teacher_dim,
+                                        run.progress, validator=validator)
     else:
         previous = run.load(run.student_path(block - 1))
         if run.method == "finetune":
