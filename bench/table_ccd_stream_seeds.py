@@ -1,9 +1,9 @@
 """A method's student H per block over repeated streams, and its lead over a baseline's repeats.
 
-One stream's student moves by up to 0.002 H at a block by chance, so a lead of that size is
-shown only when it holds in every repeat of the stream (`continual.stream_seed`, each repeat
-under its own run key, from the same block 0). The i-th run of `--runs` is paired with the i-th
-of `--baseline`, which should share its stream seed:
+One stream's student moves by up to 0.002 H at a block by chance, so a lead of that size
+counts only where it holds in every repeat of the stream (`continual.stream_seed`, each repeat
+under its own run key, from the same block 0): the last row, the smallest lead, says where.
+Each run is paired with the baseline's run of the same stream seed (read from its pin):
 
     .venv/bin/python bench/table_ccd_stream_seeds.py --home bench/out/home-excl \\
         --runs "CCD=ccd:anchored-nolwc,ccd:anchored-nolwc-stream-1" --baseline "KD=kd:default,kd:stream-1"
@@ -18,9 +18,11 @@ import argparse
 import json
 import statistics
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ccd.continual.evaluation import hmean_points
+from ccd.continual.pinned_config import read_pin
 from ccd.continual.state import Layout
 from ccd.home import Home
 from ccd.stages import DEFAULT_RUN_KEY
@@ -35,46 +37,69 @@ def main() -> None:
     parser.add_argument("--baseline", required=True, help="LABEL=METHOD:KEY,... in the same stream order")
     args = parser.parse_args()
 
-    label, streams = parse(args.runs)
-    base_label, base_streams = parse(args.baseline)
-    if len(streams) != len(base_streams):
-        parser.error(f"{len(streams)} runs against {len(base_streams)} baseline runs: pair them stream by stream")
     home = Home(args.home)
     try:
-        students = [read_series(home, run, "student") for run in streams]
-        baselines = [read_series(home, run, "student") for run in base_streams]
-        teachers = [read_series(home, run, "teacher") for run in streams]
-        base_teachers = [read_series(home, run, "teacher") for run in base_streams]
-    except FileNotFoundError as missing:
-        parser.error(str(missing))
-    blocks = sorted(set.intersection(*(set(s) for s in students + baselines)) - {0})
+        label, mine = parse(home, args.runs)
+        base_label, theirs = parse(home, args.baseline)
+        pairs = paired(mine, theirs)
+    except ValueError as bad:
+        parser.error(str(bad))
+    blocks = sorted(set.intersection(*(set(run.student) for run in mine + theirs)) - {0})
+    if not blocks:
+        parser.error("the runs share no block after block 0")
     print(f"| H (Recall@20) | {' | '.join(f'D{b}' for b in blocks)} |")
     print(f"|---|{'---|' * len(blocks)}")
-    for name, runs, rows in ((f"{label} student", streams, students), (f"{base_label} student", base_streams, baselines),
-                             (f"{label} teacher", streams, teachers), (f"{base_label} teacher", base_streams, base_teachers)):
-        for run, series in zip(runs, rows):
+    for name, runs, side in ((label, mine, "student"), (base_label, theirs, "student"),
+                             (label, mine, "teacher"), (base_label, theirs, "teacher")):
+        for run in runs:
+            series = getattr(run, side)
             if series:
-                print(f"| {name}, {run} | {cells(series[b] for b in blocks)} |")
-    leads = [{b: mine[b] - theirs[b] for b in blocks} for mine, theirs in zip(students, baselines)]
-    for i, lead in enumerate(leads):
-        print(f"| lead over {base_label}, stream {i} | {cells((lead[b] for b in blocks), signed=True)} |")
-    print(f"| mean lead | {cells((statistics.mean(l[b] for l in leads) for b in blocks), signed=True)} |")
-    print(f"| smallest lead | {cells((min(l[b] for l in leads) for b in blocks), signed=True)} |")
+                print(f"| {name} {side}, stream {run.stream} ({run.name}) | {cells(series[b] for b in blocks)} |")
+    leads = {stream: {b: a.student[b] - b_run.student[b] for b in blocks} for stream, (a, b_run) in pairs.items()}
+    for stream, lead in leads.items():
+        print(f"| lead over {base_label}, stream {stream} | {cells((lead[b] for b in blocks), signed=True)} |")
+    print(f"| mean lead | {cells((statistics.mean(lead[b] for lead in leads.values()) for b in blocks), signed=True)} |")
+    print(f"| smallest lead | {cells((min(lead[b] for lead in leads.values()) for b in blocks), signed=True)} |")
 
 
-def parse(spec: str) -> tuple[str, list[str]]:
+@dataclass(frozen=True)
+class StreamRun:
+    """One finished run: its name (METHOD:KEY), stream seed and H per block of each side."""
+
+    name: str
+    stream: int
+    student: Series
+    teacher: Series  # empty for a method that keeps no teacher
+
+
+def parse(home: Home, spec: str) -> tuple[str, list[StreamRun]]:
     label, _, runs = (part.strip() for part in spec.partition("="))
-    return label, [run.strip() for run in runs.split(",") if run.strip()]
+    names = [run.strip() for run in runs.split(",") if run.strip()]
+    if not label or not names:
+        raise ValueError(f"expected LABEL=METHOD:KEY[,METHOD:KEY...], got {spec!r}")
+    return label, [read_run(home, name) for name in names]
 
 
-def read_series(home: Home, run: str, side: str) -> Series:
-    """H per block of `run`'s `side` ("student" or "teacher"; empty for a run with no teacher)."""
-    method, _, run_key = run.partition(":")
-    path = Layout(home, method, run_key or DEFAULT_RUN_KEY).report_dir / "metrics.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no finished report for {run!r}: {path}")
+def read_run(home: Home, name: str) -> StreamRun:
+    method, _, run_key = name.partition(":")
+    run_key = run_key or DEFAULT_RUN_KEY
+    path = Layout(home, method, run_key).report_dir / "metrics.json"
+    pin = read_pin(home, run_key)
+    if not path.exists() or pin is None:
+        raise ValueError(f"no finished run {name!r} (report {path})")
     report = json.loads(path.read_text())
-    return dict(hmean_points(report[side]["blocks"])) if report.get(side) else {}
+    sides = {side: dict(hmean_points(report[side]["blocks"])) if report.get(side) else {} for side in ("student", "teacher")}
+    return StreamRun(name, pin["continual"]["stream_seed"], **sides)
+
+
+def paired(mine: list[StreamRun], theirs: list[StreamRun]) -> dict[int, tuple[StreamRun, StreamRun]]:
+    """Stream seed -> (run, baseline run): each run against the baseline's repeat of its stream."""
+    by_stream = {run.stream: run for run in theirs}
+    if len(by_stream) < len(theirs) or len({run.stream for run in mine}) < len(mine):
+        raise ValueError("two runs of one side share a stream seed: give each stream once")
+    if set(by_stream) != {run.stream for run in mine}:
+        raise ValueError(f"stream seeds differ: runs {sorted(r.stream for r in mine)}, baseline {sorted(by_stream)}")
+    return {run.stream: (run, by_stream[run.stream]) for run in mine}
 
 
 def cells(values: Iterable[float], signed: bool = False) -> str:

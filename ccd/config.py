@@ -390,7 +390,8 @@ class ContinualConfig:
     # Moves every seed the loop draws with at blocks >= 1 (student update, member updates,
     # stage 4, the baselines' students): a run key with another value repeats the stream with
     # other draws from the same shared block 0, which measures how far one stream's numbers move
-    # by chance. 0 is the stream as before this setting (`loop.stream_seed`).
+    # by chance. 0 is the stream as before this setting (`loop.stream_seed`). New ids' random
+    # rows under `init = "random"` are seeded by the model alone, the same in every stream.
     stream_seed: int = 0
 
 
@@ -521,6 +522,11 @@ _AT_LEAST = {
     "sample.n_blocks": 2,  # a base block and at least one that arrives later
 }
 
+# Seeds stay below this, so the seeds of a stream (`loop.stream_seed`: base + limit * stream,
+# then * 1000 + block) never meet another stream's and fit torch's 64-bit seed.
+SEED_LIMIT = 1_000_000
+_BELOW = {"distill.seed": SEED_LIMIT, "teacher.base_seed": SEED_LIMIT, "continual.stream_seed": SEED_LIMIT}
+
 
 def _check_range(where: str, value: float) -> None:
     if not math.isfinite(value):
@@ -529,6 +535,8 @@ def _check_range(where: str, value: float) -> None:
         raise BadInputError(f"config {where} must be above 0, got {value!r}")
     if where in _SHARES and not 0 <= value <= 1:
         raise BadInputError(f"config {where} must be between 0 and 1, got {value!r}")
+    if value >= _BELOW.get(where, math.inf):
+        raise BadInputError(f"config {where} must be below {_BELOW[where]}, got {value!r}")
     if value < _AT_LEAST.get(where, value):
         raise BadInputError(f"config {where} must be at least {_AT_LEAST[where]}, got {value!r}")
     if where not in _MAY_BE_NEGATIVE and value < 0:

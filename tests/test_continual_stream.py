@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import io
 import json
 import shutil
@@ -24,7 +25,7 @@ from ccd.continual import loop
 from ccd.continual.exclusion import cap, list_pairs, top_pairs
 from ccd.continual.loop import Run, block_seed, run_stream
 from ccd.ensemble import USER_TOPK, read_topk
-from ccd.errors import CcdError
+from ccd.errors import BadInputError, CcdError
 from ccd.evaluate import UserItemCSR
 from ccd.home import Home
 from ccd.locking import file_lock
@@ -345,28 +346,38 @@ def test_stage_4_draws_with_a_seed_of_its_block_unless_pinned_before(ccd_home, t
 def test_a_stream_seed_moves_every_later_training_and_leaves_block_0_alone():
     repeat = RunConfig.load(None, [*TINY, "distill.seed=7", "continual.stream_seed=2"])
     assert loop.stream_seed(7, RunConfig.load(None, [*TINY])) == 7  # stream 0: the seeds as before
-    assert loop.stream_seed(7, repeat) == 7 + 2 * loop.STREAM_SEED_STRIDE
-    assert loop.seeded_for_block(repeat, 1).distill.seed == block_seed(loop.stream_seed(7, repeat), 1)
+    assert loop.seeded_for_block(repeat, 1).distill.seed == block_seed(7 + 2 * loop.STREAM_SEED_STRIDE, 1)
     assert loop.seeded_for_block(repeat, 0).distill.seed == 7  # block 0 is shared by every stream
     one_seed = repeat.replace(continual=dataclasses.replace(repeat.continual, kd_seed_per_block=False))
-    assert loop.seeded_for_block(one_seed, 3).distill.seed == loop.stream_seed(7, repeat)
+    assert loop.seeded_for_block(one_seed, 3).distill.seed == 7 + 2 * loop.STREAM_SEED_STRIDE
+    with pytest.raises(BadInputError, match="stream_seed must be below"):
+        RunConfig.load(None, [f"continual.stream_seed={loop.STREAM_SEED_STRIDE}"])
 
 
 def test_a_repeated_stream_draws_its_members_and_students_anew(ccd_home, tmp_path, monkeypatch):
     home = copy_home(ccd_home, tmp_path)
     seeds: dict[str, list[int]] = {}
-    for name in ("update_member", "update_student"):  # both take (..., seed, progress) last
+    for name in ("update_member", "update_student", "finetune_student"):
         def spy(*args, _name=name, _original=getattr(loop, name), **kwargs):
-            seeds.setdefault(_name, []).append(args[-2])
+            seeds.setdefault(_name, []).append(inspect.signature(_original).bind(*args, **kwargs).arguments["seed"])
             return _original(*args, **kwargs)
         monkeypatch.setattr(loop, name, spy)
+    retrain = loop.retrain_student
+    monkeypatch.setattr(loop, "retrain_student", lambda data, config, *a, **kw:
+                        seeds.setdefault("retrain_student", []).append(config.distill.seed) or retrain(data, config, *a, **kw))
     for stream in (0, 1):
-        run = Run(home, "ccd", RunConfig.load(None, [*TINY, f"continual.stream_seed={stream}"]), run_key=f"stream-{stream}", progress=False)
+        config = RunConfig.load(None, [*TINY, f"continual.stream_seed={stream}"])
+        run = Run(home, "ccd", config, run_key=f"stream-{stream}", progress=False)
         loop.student_update_stage(run, 1)
         loop.member_stage(run, 1, run.members[0], True)
-    first, second = seeds["update_member"]
-    assert second == first + loop.STREAM_SEED_STRIDE * 1000  # the member's block seed, one stream on
-    assert seeds["update_student"][1] == seeds["update_student"][0] + loop.STREAM_SEED_STRIDE * 1000
+        for method in ("finetune", "retrain"):
+            loop.baseline_student(Run(home, method, config, run_key=f"stream-{stream}", progress=False), 1)
+    member_seed = run.load(run.member_state(0, run.members[0])).config.seed  # block 0's, shared
+    step = loop.STREAM_SEED_STRIDE * 1000  # a stream further on, after `block_seed`
+    assert seeds["update_member"] == [block_seed(member_seed, 1), block_seed(member_seed, 1) + step]
+    assert seeds["update_student"] == [block_seed(0, 1), block_seed(0, 1) + step]
+    assert seeds["finetune_student"] == [block_seed(0, 1), block_seed(0, 1) + step]
+    assert seeds["retrain_student"] == [0, loop.STREAM_SEED_STRIDE]  # its initial tables too
 
 
 def test_a_stream_started_past_unfinished_blocks_fails_before_any_work(ccd_home, tmp_path):

@@ -62,12 +62,12 @@ def cumulative(data: BlockData) -> BlockData:
 
 
 def retrain_student(
-    data: BlockData, config: RunConfig, seed: int, teacher_dim: int, progress: bool = True,
+    data: BlockData, config: RunConfig, teacher_dim: int, progress: bool = True,
     validator: Validator | None = None,
 ) -> tuple[Recommender, TrainResult]:
     """A fresh student (the distilled students' kind and size) trained with BPR on all training
     pairs of blocks 0..k, selected on block k's valid split (or `validator`)."""
     everything = cumulative(data)
     model = make_student(config, everything.n_users, everything.n_items, teacher_dim)
-    return model, train(model, everything, config.train, seed=seed, progress=progress,
+    return model, train(model, everything, config.train, seed=config.distill.seed, progress=progress,
                         validator=validator)

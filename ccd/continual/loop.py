@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from ccd.atomic import write_text
-from ccd.config import ContinualConfig, RunConfig
+from ccd.config import SEED_LIMIT, ContinualConfig, RunConfig
 from ccd.continual import evaluation
 from ccd.continual.baselines import finetune_student, lwckd_student, retrain_student
 from ccd.continual.distill_stage import distill_block
@@ -82,7 +82,7 @@ def block_seed(seed: int, block: int) -> int:
     return seed * 1000 + block
 
 
-STREAM_SEED_STRIDE = 1_000_000  # apart enough that no (seed, block) of two streams meet
+STREAM_SEED_STRIDE = SEED_LIMIT  # base seeds are below it, so two streams' seeds never meet
 
 
 def stream_seed(seed: int, config: RunConfig) -> int:
@@ -500,8 +500,9 @@ def baseline_student(run: Run, block: int) -> dict[str, Any]:
     """The served student of a baseline after block k."""
     data, validator = run.data(block), run.validator(block)
     if run.method == "retrain":
-        model, result = retrain_student(data, run.config, stream_seed(run.config.distill.seed, run.config), run.teacher_dim,
-                                        run.progress, validator=validator)
+        streamed = dataclasses.replace(run.config.distill, seed=stream_seed(run.config.distill.seed, run.config))
+        model, result = retrain_student(data, run.config.replace(distill=streamed), run.teacher_dim, run.progress,
+                                        validator=validator)  # its initial tables and its draws
     else:
         previous = run.load(run.student_path(block - 1))
         if run.method == "finetune":
