@@ -26,6 +26,7 @@ from pathlib import Path
 from ccd.continual.evaluation import hmean_points
 from ccd.continual.pinned_config import read_pin
 from ccd.continual.state import Layout
+from ccd.errors import BadInputError
 from ccd.home import Home
 from ccd.stages import DEFAULT_RUN_KEY
 
@@ -44,7 +45,7 @@ def main() -> None:
         label, mine = parse(home, args.runs)
         base_label, theirs = parse(home, args.baseline)
         pairs = paired(mine, theirs)
-    except ValueError as bad:
+    except (ValueError, BadInputError) as bad:  # BadInputError: a method or key not a valid name
         parser.error(str(bad))
     blocks = sorted(set.intersection(*(set(run.student) for run in mine + theirs)) - {0})
     if not blocks:

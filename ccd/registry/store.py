@@ -184,10 +184,16 @@ def connect(home: Home, write: bool = False) -> Iterator[duckdb.DuckDBPyConnecti
             if _has_every_table(con):
                 yield con
                 return
-    with connect(home, write=True):
-        pass
+    _create_tables(home, path)
     with _opened(home, path, write=False) as con:
         yield con
+
+
+def _create_tables(home: Home, path: Path) -> None:
+    """What a read-only connection cannot do: create the file's missing tables (`SCHEMA` only
+    creates what is not there)."""
+    with _opened(home, path, write=True) as con:
+        con.execute(SCHEMA)
 
 
 @contextmanager
