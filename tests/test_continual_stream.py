@@ -476,6 +476,19 @@ def test_a_member_stage_reads_only_the_sources_and_lists_its_settings_use(ccd_ho
         assert (protected_pairs is not None) == protected
 
 
+def test_the_previous_teachers_lists_are_read_once_per_block(ccd_home, tmp_path, monkeypatch):
+    """The student update and every member exclude the same old lists: one read per block."""
+    home = copy_home(ccd_home, tmp_path)
+    reads = []
+    monkeypatch.setattr(loop, "read_topk", lambda path: reads.append(path) or read_topk(path))
+    run = Run(home, "ccd", RunConfig.load(None, TINY), progress=False)
+    first = run.protected(2, run.data(2))
+    assert run.protected(2, run.data(2)) is first and len(reads) == 1
+    assert first.shape[1] == 2 and set(first[:, 0]) <= set(range(run.data(1).n_users))
+    run.protected(3, run.data(3))
+    assert len(reads) == 2 and reads[1] != reads[0]
+
+
 def test_anchored_members_start_from_bpr_only_anchors_that_are_kds_members(ccd_home, tmp_path, monkeypatch):
     """`continual.teacher_update=anchored`: each block's anchors are KD's members weight for
     weight, and the served member of block k is a collaborative update of the anchor after k-1

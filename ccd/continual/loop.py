@@ -134,6 +134,7 @@ class Run:
         self._data: dict[int, BlockData] = {}
         self._read: dict[int, str] = {}  # content hash of each block in `_data`
         self._outputs: dict[tuple[str, int, str], dict[str, Any]] = {}
+        self._protected: dict[int, np.ndarray] = {}
 
     # --- plumbing: data, models, stages
 
@@ -234,9 +235,13 @@ class Run:
         return self.student_path(block - 1)
 
     def protected(self, block: int, data: BlockData) -> np.ndarray:
-        """Old users' top items in the teacher lists of `block - 1`, never BPR negatives."""
-        ids, _ = read_topk(self.home.root / self.topk_dir(block - 1) / USER_TOPK)
-        return list_pairs(ids, cap(self.config.continual.exclude_top, data.n_items), np.arange(self.data(block - 1).n_users))
+        """Old users' top items in the teacher lists of `block - 1`, never BPR negatives; read
+        once per block (the student update and every member use them), as those lists are final."""
+        if block not in self._protected:
+            ids, _ = read_topk(self.home.root / self.topk_dir(block - 1) / USER_TOPK)
+            old_users = np.arange(self.data(block - 1).n_users)
+            self._protected[block] = list_pairs(ids, cap(self.config.continual.exclude_top, data.n_items), old_users)
+        return self._protected[block]
 
     def kd_negatives(self, block: int, topk_dir: Path | None = None,
                      settings: ContinualConfig | None = None) -> np.ndarray | None:
