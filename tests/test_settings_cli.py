@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 from ccd.cli import main
 from ccd.config import RunConfig
 from ccd.continual.pinned_config import pin_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _json(capsys, *argv: str) -> dict:
@@ -82,3 +85,12 @@ def test_unknown_names_are_one_line_errors(capsys):
     assert "unknown config key(s) continual.nope" in capsys.readouterr().err
     assert main(["settings", "--home", "somewhere"]) == 2  # it would be ignored: refused
     assert "--home is read only with --run-key" in capsys.readouterr().err
+
+
+def test_the_shipped_configs_change_only_what_their_comments_say(capsys):
+    """`configs/anchored-members.toml` is the measured dim-8 setting: three changes, no more."""
+    rows = _json(capsys, "--config", str(CONFIGS / "anchored-members.toml"), "--changed")["settings"]
+    assert {row["setting"]: row["value"] for row in rows} == {
+        "continual.teacher_update": "anchored", "continual.teacher_replay_weight": 0.0, "continual.lwckd_weight": 0.0}
+    sample = _json(capsys, "--config", str(CONFIGS / "sample.toml"), "--changed")["settings"]
+    assert {row["setting"].split(".")[0] for row in sample} == {"train", "teacher", "distill", "continual"}
