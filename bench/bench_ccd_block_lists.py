@@ -93,7 +93,7 @@ def updated_member(start: Run, anchors: Run, block: int, name: str, config: RunC
         update = start.outputs(start.layout, block, "student-update")
         sources = MemberSources(list(zip(start.proxies(block), (c.teacher_stability_samples, c.teacher_plasticity_samples))),
                                 (start.load(update["updated_student"]), c.teacher_student_samples))
-        protected = anchors.protected(block, data)
+        protected = anchors.protected(block)
     model, _ = update_member(previous, data, start.data(block - 1).train, config, sources, collaborative, protected,
                              anchors.seed(block, previous.config.seed), progress=False)
     return model.eval()

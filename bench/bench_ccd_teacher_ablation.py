@@ -88,7 +88,7 @@ def main() -> None:
             replay_sources, exclusion, changes = setting
             changed = dataclasses.replace(config, continual=dataclasses.replace(c, **changes))
             model, result = update_member(previous, data, run.data(block - 1).train, changed, replay_sources, True,
-                                          run.protected(block, data) if exclusion else None, seed, progress=False)
+                                          run.protected(block) if exclusion else None, seed, progress=False)
         print(row(name, score(model, run, block, splits), f"{result.best_epoch}/{result.epochs_run}", time.perf_counter() - start), flush=True)
 
 

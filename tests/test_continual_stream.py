@@ -482,10 +482,10 @@ def test_the_previous_teachers_lists_are_read_once_per_block(ccd_home, tmp_path,
     reads = []
     monkeypatch.setattr(loop, "read_topk", lambda path: reads.append(path) or read_topk(path))
     run = Run(home, "ccd", RunConfig.load(None, TINY), progress=False)
-    first = run.protected(2, run.data(2))
-    assert run.protected(2, run.data(2)) is first and len(reads) == 1
+    first = run.protected(2)
+    assert run.protected(2) is first and len(reads) == 1
     assert first.shape[1] == 2 and set(first[:, 0]) <= set(range(run.data(1).n_users))
-    run.protected(3, run.data(3))
+    run.protected(3)
     assert len(reads) == 2 and reads[1] != reads[0]
 
 

@@ -234,13 +234,13 @@ class Run:
             return self.outputs(self.layout, block, "student-update")["updated_student"]
         return self.student_path(block - 1)
 
-    def protected(self, block: int, data: BlockData) -> np.ndarray:
+    def protected(self, block: int) -> np.ndarray:
         """Old users' top items in the teacher lists of `block - 1`, never BPR negatives; read
         once per block (the student update and every member use them), as those lists are final."""
         if block not in self._protected:
             ids, _ = read_topk(self.home.root / self.topk_dir(block - 1) / USER_TOPK)
             old_users = np.arange(self.data(block - 1).n_users)
-            self._protected[block] = list_pairs(ids, cap(self.config.continual.exclude_top, data.n_items), old_users)
+            self._protected[block] = list_pairs(ids, cap(self.config.continual.exclude_top, self.data(block).n_items), old_users)
         return self._protected[block]
 
     def kd_negatives(self, block: int, topk_dir: Path | None = None,
@@ -452,7 +452,7 @@ def student_update_stage(run: Run, block: int) -> dict[str, Any]:
         before = run.outputs(layout, block - 1, "student-update")
         stability, plasticity = make_proxies(previous, run.load(before["proxy_s"]), run.load(before["proxy_p"]), run.config.continual)
     update = update_student(previous, stability, plasticity, data, run.data(block - 1).train, run.config,
-                            run.protected(block, data), run.seed(block), run.progress, validator=run.validator(block))
+                            run.protected(block), run.seed(block), run.progress, validator=run.validator(block))
     return {
         "updated_student": run.save(update.model, layout, block, "updated-student", update.train),
         "proxy_s": run.save(stability, layout, block, "proxy-s"),
@@ -474,7 +474,7 @@ def member_stage(run: Run, block: int, name: str, collaborative: bool, role: str
         proxies = run.proxies(block) if ranks_proxies(c) else []
         sources = MemberSources(list(zip(proxies, (c.teacher_stability_samples, c.teacher_plasticity_samples))),
                                 (run.load(update["updated_student"]), c.teacher_student_samples))
-        protected = run.protected(block, data) if c.teacher_exclusion_lists else None
+        protected = run.protected(block) if c.teacher_exclusion_lists else None
     model, result = update_member(previous, data, run.data(block - 1).train, run.config, sources, collaborative,
                                   protected, run.seed(block, previous.config.seed), run.progress)
     return {"path": run.save(model, run.layout, block, f"{role}-{name}", result), "train": _brief(result)}
